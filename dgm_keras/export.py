@@ -1,0 +1,103 @@
+"""SavedModels per task, in TF Serving's ``<model>/<version>/`` layout.
+
+Classifier, ``serving_default``:
+  input  ``images``: float32 [N, 32, 32, C], pixels scaled to [-1, 1] (x / 127.5 - 1)
+  output ``probabilities``: float32 [N, K] over the K classes seen so far (scenario order)
+         ``classes``: int64 [N], the argmax; ``class_names``: string [N], its name
+Classifier, ``serving_uint8``: input ``images`` uint8 [N, H, W, C] (raw pixels, any size,
+resized to 32x32), same outputs.
+Generator, ``sample``: inputs ``labels`` int32 [N] (scenario-order classes seen so far) and
+``seed`` int64 scalar; output ``images`` float32 [N, 32, 32, C] in [-1, 1].
+
+Each version is written under a temporary name and renamed into place, so a server never
+sees a half-written version and older versions are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from dgm_keras import data
+
+
+def _write_version(archive: keras.export.ExportArchive, model_dir: str, version: int) -> str:
+    os.makedirs(model_dir, exist_ok=True)
+    final = os.path.join(model_dir, str(version))
+    tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    archive.write_out(tmp, verbose=False)
+    if os.path.exists(final):  # re-exporting the same task (a rerun): replace it whole
+        old = final + f".old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def _check_images(images):
+    """Rejects requests that would give a silent wrong answer."""
+    checks = [
+        tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch; send at least one image"),
+        tf.debugging.assert_all_finite(images, "images: NaN or Inf pixels; send finite values in [-1, 1]"),
+        tf.debugging.assert_greater_equal(tf.reduce_min(images), -1.001,
+                                          message="images: pixels below -1; scale uint8 x as x / 127.5 - 1"),
+        tf.debugging.assert_less_equal(tf.reduce_max(images), 1.001,
+                                       message="images: pixels above 1; scale uint8 x as x / 127.5 - 1"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def export_classifier(model, classify, scenario: data.Scenario, task: int, channels: int, model_dir: str) -> str:
+    """Writes version ``task + 1`` of the classifier; ``classify`` maps images to logits."""
+    names = tf.constant(list(scenario.class_names[: scenario.seen_classes(task)]))
+
+    def outputs(images):
+        probs = tf.nn.softmax(classify(_check_images(images)), axis=-1)
+        classes = tf.argmax(probs, axis=-1)
+        return {"probabilities": probs, "classes": classes, "class_names": tf.gather(names, classes)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", tf.function(outputs), input_signature=[
+        tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, channels], tf.float32, name="images")])
+
+    def outputs_uint8(images):
+        tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch")
+        return outputs(data.preprocess_images(images))
+
+    archive.add_endpoint("serving_uint8", tf.function(outputs_uint8), input_signature=[
+        tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")])
+    return _write_version(archive, model_dir, task + 1)
+
+
+def export_generator(generator, scenario: data.Scenario, task: int, model_dir: str) -> str:
+    """Writes version ``task + 1`` of the generator: every seen class from its own task's mask."""
+    seen = scenario.seen_classes(task)
+    per_task = scenario.classes_per_task
+
+    def sample(labels, seed):
+        labels = tf.cast(labels, tf.int32)
+        with tf.control_dependencies([
+            tf.debugging.assert_greater(tf.size(labels), 0, message="labels: empty; send at least one"),
+            tf.debugging.assert_greater_equal(labels, 0, message=f"labels: must be in [0, {seen})"),
+            tf.debugging.assert_less(labels, seen, message=f"labels: must be in [0, {seen})"),
+        ]):
+            z = tf.random.stateless_normal([tf.size(labels), generator.nz], seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        by_task = tf.stack([generator(z, labels, task=t, training=False) for t in range(task + 1)])
+        owner = labels // per_task
+        images = tf.gather(tf.transpose(by_task, [1, 0, 2, 3, 4]), owner, batch_dims=1)
+        return {"images": images}
+
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint("sample", tf.function(sample), input_signature=[
+        tf.TensorSpec([None], tf.int32, name="labels"), tf.TensorSpec([], tf.int64, name="seed")])
+    return _write_version(archive, model_dir, task + 1)

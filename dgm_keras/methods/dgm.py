@@ -1,0 +1,298 @@
+"""DGM: Dynamic Generative Memory, with weight masks (DGMw) or activation masks (DGMa).
+
+``DGMTrainer`` is the training model of one task: it holds the generator and the
+discriminator, ``compile`` takes their optimizers, and ``train_step`` is one iteration
+(the critic step with the gradient penalty and the classification of real and replayed
+images, then the generator step with the sparsity regulariser), all in one compiled
+function. ``DGM`` is the continual method around it: replay at the start of a task,
+binarising, expansion and a new trainer at its end.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from dgm_keras import data, expansion, networks
+from dgm_keras.methods import base
+
+
+def mask_scale(step, total_steps, s_max):
+    """HAT's annealing of s from 1/s_max to s_max, over the task's steps (ends at s_max however short)."""
+    progress = ops.minimum(ops.cast(step, "float32") / max(total_steps - 1, 1), 1.0)
+    return 1.0 / s_max + (s_max - 1.0 / s_max) * progress
+
+
+def compensate_embedding_grad(grad, embedding, s, s_max):
+    """HAT's gradient compensation: the embedding's gradient no longer depends on s."""
+    num = ops.cosh(ops.clip(s * embedding, -50.0, 50.0)) + 1.0
+    den = ops.cosh(embedding) + 1.0
+    return grad * (s_max / s) * num / den
+
+
+def protection_multipliers(generator: networks.Generator) -> dict[str, np.ndarray]:
+    """Per weight variable: 0 where past tasks reserved the weight, 1 where it is free.
+
+    DGMw: a weight is reserved if any past mask kept it. DGMa (HAT): a weight is reserved if
+    both its output unit and its input unit are (the latent's inputs count as reserved).
+    """
+    out = {}
+    prev_units = None
+    for layer in generator.masked_layers:
+        reserved = {k: v.numpy() for k, v in layer.reserved().items()}
+        if layer.mask_mode == "weight":
+            out[layer.kernel.path] = 1.0 - reserved["kernel"]
+            out[layer.bias.path] = 1.0 - reserved["bias"]
+            continue
+        units = reserved["units"]
+        in_units = np.ones(layer.kernel.shape[layer.in_axis]) if prev_units is None else prev_units
+        shape = [1] * len(layer.kernel.shape)
+        out_b, in_b = list(shape), list(shape)
+        out_b[layer.out_axis], in_b[layer.in_axis] = -1, -1
+        both = np.minimum(units.reshape(out_b), in_units.reshape(in_b))
+        out[layer.kernel.path] = (1.0 - np.broadcast_to(both, layer.kernel.shape)).astype(np.float32)
+        out[layer.bias.path] = 1.0 - units
+        prev_units = units
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+class DGMTrainer(keras.Model):
+    """One task of DGM: ``fit`` on batches of real current-task images (zipped with replay)."""
+
+    def __init__(self, generator: networks.Generator, discriminator: networks.Discriminator,
+                 task_classes: range, num_past_classes: int, total_steps: int, hp: base.HyperParams,
+                 sparsity_weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.discriminator, self.hp = generator, discriminator, hp
+        self.class_lo, self.class_hi = task_classes.start, task_classes.stop
+        self.num_past_classes, self.total_steps = num_past_classes, total_steps
+        self.sparsity_weight = sparsity_weight
+        self.task_step = keras.Variable(0, dtype="int64", trainable=False, name="task_step")
+        # Fixed for the whole task: what past tasks reserved, as constants of the step.
+        self._protect = protection_multipliers(generator)
+        self._free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
+        self._free_total = max(1.0, float(sum(np.sum(f) for d in self._free for f in d.values())))
+        past_heads = {f"task_bn_{t}" for t in range(generator.num_past_tasks)} | {
+            f"task_out_{t}" for t in range(generator.num_past_tasks)}
+        self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
+        self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
+        names = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
+                 "sparsity", "mask_scale", "mask_usage")
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def compile(self, g_optimizer, d_optimizer, jit_compile=False):
+        super().compile(jit_compile=jit_compile)
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        # Built here so that no optimizer variable is created inside the traced step.
+        g_optimizer.build(self.g_vars)
+        d_optimizer.build(self.discriminator.trainable_variables)
+
+    # -- pieces of the step
+    def sample_current(self, n):
+        z = keras.random.normal((n, self.generator.nz), seed=self.seed_gen)
+        y = keras.random.randint((n,), self.class_lo, self.class_hi, seed=self.seed_gen, dtype="int32")
+        return z, y
+
+    def gradient_penalty(self, real, fake):
+        """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on random interpolates of real and fake images."""
+        eps = keras.random.uniform((ops.shape(real)[0], 1, 1, 1), seed=self.seed_gen)
+        x_hat = eps * real + (1.0 - eps) * fake
+        with tf.GradientTape() as tape:
+            tape.watch(x_hat)
+            critic, _ = self.discriminator(x_hat, training=True)
+        grads = tape.gradient(critic, x_hat)
+        norm = ops.sqrt(ops.sum(ops.square(grads), axis=(1, 2, 3)) + 1e-12)
+        return ops.mean(ops.square(norm - 1.0))
+
+    def sparsity(self, s):
+        """R_t = sum m_t (1 - M_<t) / sum (1 - M_<t): using free capacity costs, re-use is free."""
+        used, total_on = 0.0, 0.0
+        for layer, free in zip(self.generator.masked_layers, self._free):
+            for name, m in layer.current_masks(s).items():
+                used += ops.sum(m * free[name])
+                total_on += ops.sum(m)
+        return used / self._free_total, total_on
+
+    def train_step(self, batch):
+        if self.num_past_classes:
+            (real_x, real_y), (replay_x, replay_y) = batch
+        else:
+            real_x, real_y = batch
+        n = ops.shape(real_x)[0]
+        s = mask_scale(self.task_step, self.total_steps, self.hp.s_max)
+        seen = self.class_hi - self.class_lo + self.num_past_classes
+        ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        # Critic step: WGAN-GP on the current task, plus the classifier on real and replayed images.
+        z, y = self.sample_current(n)
+        fake = ops.stop_gradient(self.generator(z, y, s=s, training=True))
+        with tf.GradientTape() as tape:
+            critic_real, logits = self.discriminator(
+                ops.concatenate([real_x, replay_x], 0) if self.num_past_classes else real_x, training=True)
+            critic_fake, _ = self.discriminator(fake, training=True)
+            wasserstein = ops.mean(critic_real[:n]) - ops.mean(critic_fake)
+            gp = self.gradient_penalty(real_x, fake)
+            cls_loss = ce(real_y, logits[:n])
+            # Balanced: each seen class weighs the same, however many images of it the batch holds.
+            current_share = (self.class_hi - self.class_lo) / seen
+            total_cls = current_share * cls_loss
+            if self.num_past_classes:
+                replay_loss = ce(replay_y, logits[n:])
+                total_cls += (1.0 - current_share) * replay_loss
+            else:
+                replay_loss = ops.zeros(())
+            d_loss = -wasserstein + self.hp.gp_weight * gp + total_cls
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+
+        # Generator step: fool the critic, spend little free capacity.
+        z, y = self.sample_current(n)
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, y, s=s, training=True)
+            critic_fake, fake_logits = self.discriminator(fake, training=True)
+            reg, total_on = self.sparsity(s)
+            g_loss = -ops.mean(critic_fake) + self.sparsity_weight * reg
+            if self.hp.ac_weight:
+                g_loss += self.hp.ac_weight * ce(y, fake_logits)
+        grads = tape.gradient(g_loss, self.g_vars)
+        grads = [self.shape_generator_grad(v, g, s) for v, g in zip(self.g_vars, grads)]
+        grads, _ = tf.clip_by_global_norm(grads, self.hp.grad_clip_norm)
+        self.g_optimizer.apply(grads, self.g_vars)
+        for v in self.g_vars:
+            if v.path in self.embedding_vars:
+                v.assign(ops.clip(v, -self.hp.embedding_clip, self.hp.embedding_clip))
+        self.task_step.assign_add(1)
+
+        values = dict(d_loss=d_loss, g_loss=g_loss, wasserstein=wasserstein, gradient_penalty=gp,
+                      cls_loss=cls_loss, replay_cls_loss=replay_loss, sparsity=reg, mask_scale=s,
+                      mask_usage=total_on / self._mask_entries())
+        for k, v in values.items():
+            self.trackers[k].update_state(v)
+        return {k: t.result() for k, t in self.trackers.items()}
+
+    def shape_generator_grad(self, variable, grad, s):
+        """Protection (zero update of reserved weights) and HAT's compensation of embeddings."""
+        if grad is None:
+            return ops.zeros_like(variable)
+        if variable.path in self._protect:
+            return grad * self._protect[variable.path]
+        if variable.path in self.embedding_vars:
+            return compensate_embedding_grad(grad, variable, s, self.hp.s_max)
+        return grad
+
+    def _mask_entries(self):
+        return float(sum(np.prod(m.shape) for layer in self.generator.masked_layers for m in layer.embeddings.values()))
+
+    @property
+    def seed_gen(self):
+        if not hasattr(self, "_seed_gen"):
+            self._seed_gen = keras.random.SeedGenerator(self.hp.seed)
+        return self._seed_gen
+
+
+class DGM(base.ContinualMethod):
+    """The continual method: one growing generator, one discriminator whose head grows."""
+
+    name = "dgmw"
+
+    def __init__(self, scenario: data.Scenario, channels: int, hp: base.HyperParams, mask_mode: str = "weight"):
+        super().__init__(scenario, channels, hp)
+        self.name = "dgmw" if mask_mode == "weight" else "dgma"
+        ngf = hp.ngf
+        self.gen = networks.Generator((4 * ngf, 2 * ngf, ngf), scenario.num_classes, channels, mask_mode,
+                                      name="generator").build_all()
+        self.initial_size = expansion.generator_size(self.gen)
+        self.disc = None
+        self.sizes, self.mask_bytes, self.replay_counts, self.reserved_fraction = [], [], [], []
+        self.trainer = None
+
+    # -- replay
+    def sample(self, labels: np.ndarray, seed: int, batch: int = 2048) -> np.ndarray:
+        """Images of the given (seen, past) classes, each from its task's binary mask."""
+        rng = np.random.default_rng(seed)
+        out = np.zeros((len(labels), 32, 32, self.channels), np.float32)
+        tasks = np.array([self.scenario.task_of_class(int(c)) for c in labels])
+        for t in np.unique(tasks):
+            idx = np.nonzero(tasks == t)[0]
+            head = None if t == self.gen.num_past_tasks else int(t)
+            for i in range(0, len(idx), batch):
+                part = idx[i:i + batch]
+                z = rng.standard_normal((len(part), self.gen.nz)).astype(np.float32)
+                out[part] = ops.convert_to_numpy(self.gen(z, labels[part].astype(np.int32), s=self.hp.s_max,
+                                                          task=head, training=False))
+        return out
+
+    def replay_arrays(self, task: int, per_class: int) -> data.SplitArrays:
+        past = task * self.scenario.classes_per_task
+        labels = np.repeat(np.arange(past, dtype=np.int32), per_class)
+        return data.SplitArrays(self.sample(labels, seed=self.hp.seed + task), labels)
+
+    # -- the task loop
+    def begin_task(self, task, train):
+        seen = self.scenario.seen_classes(task)
+        if self.disc is None:
+            self.disc = networks.Discriminator(seen, name="discriminator").build_all(self.channels)
+        else:
+            self.disc = expansion.grow_discriminator(self.disc, seen, self.channels, fresh=self.hp.reinit_discriminator)
+        per_class = self.hp.replay_per_class or max(1, len(train.labels) // self.scenario.classes_per_task)
+        self.replay = self.replay_arrays(task, per_class) if task else None
+        self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
+        epochs, steps = self.steps_for(len(train.labels))
+        weight = self.hp.sparsity_weight * expansion.generator_size(self.gen) / self.initial_size
+        self.trainer = DGMTrainer(self.gen, self.disc, self.scenario.task_classes(task),
+                                  task * self.scenario.classes_per_task, epochs * steps, self.hp, weight)
+        adam = dict(beta_1=self.hp.beta_1, beta_2=self.hp.beta_2)
+        self.trainer.compile(keras.optimizers.Adam(self.hp.g_lr, **adam), keras.optimizers.Adam(self.hp.d_lr, **adam),
+                             jit_compile=self.hp.jit_compile)
+
+    def pipeline(self, task, train) -> tf.data.Dataset:
+        real = data.make_pipeline(train, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
+                                  drop_remainder=True).repeat()
+        if self.replay is None:
+            return real
+        replay = data.make_pipeline(self.replay, self.hp.replay_batch_size, shuffle=True,
+                                    seed=self.hp.seed + 1000 + task, drop_remainder=True).repeat()
+        return tf.data.Dataset.zip((real, replay))
+
+    def train_task(self, task, train, callbacks):
+        epochs, steps = self.steps_for(len(train.labels))
+        history = self.trainer.fit(self.pipeline(task, train), epochs=epochs, steps_per_epoch=steps,
+                                   callbacks=callbacks, verbose=0)
+        return {k: float(v[-1]) for k, v in history.history.items()}
+
+    def end_task(self, task):
+        # Kept as one uint8 (a boolean) per masked entry; as packed bits it would be an eighth.
+        self.mask_bytes.append({layer.name: int(sum(np.prod(e.shape) for e in layer.embeddings.values()))
+                                for layer in self.gen.masked_layers})
+        self.gen = expansion.expand_generator(self.gen)
+        self.sizes.append(expansion.generator_size(self.gen))
+        self.reserved_fraction.append({layer.name: float(1.0 - expansion.free_capacity(layer) / sum(
+            int(np.prod(m.shape[1:])) for m in layer.past_masks.values())) for layer in self.gen.masked_layers})
+
+    # -- what is evaluated and exported
+    def classifier(self):
+        disc = self.disc
+        return lambda images: disc.classify(images, training=False)
+
+    def classifier_model(self):
+        return self.disc
+
+    def generator(self):
+        return self.gen
+
+    def report(self):
+        return {
+            "generator_size_initial": self.initial_size,
+            "generator_size_after_task": self.sizes,
+            "generator_widths": list(self.gen.widths),
+            "past_mask_bytes_per_task_per_layer": self.mask_bytes,
+            "replay_images_per_task": self.replay_counts,
+            "reserved_fraction_per_task": self.reserved_fraction,
+            "reserved_fraction_last": self.reserved_fraction[-1] if self.reserved_fraction else {},
+        }

@@ -1,0 +1,109 @@
+"""The networks: DGM's masked conditional generator and the two-headed discriminator.
+
+Both are rebuilt, never mutated, when they grow (``expansion.py``): a Keras layer that is
+already built cannot take new state.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from dgm_keras import layers as masked
+
+NZ = 128  # latent size; the one-hot label is written into its first entries
+
+
+class Generator(keras.Model):
+    """G(z, y): three masked transposed convs (shared, protected by masks), then a per-task
+    batch norm and a per-task output layer to 32x32 with tanh.
+
+    ``widths`` are the masked layers' output units (4*ngf, 2*ngf, ngf at the start; they grow).
+    ``head_widths[t]`` is how many channels of the last masked layer task t's head reads
+    (its width when the task began; later channels are off for it).
+    """
+
+    def __init__(self, widths, num_classes: int, channels: int, mask_mode: str = "weight",
+                 num_past_tasks: int = 0, head_widths=None, nz: int = NZ, **kwargs):
+        super().__init__(**kwargs)
+        self.widths = tuple(int(w) for w in widths)
+        self.num_classes, self.channels, self.mask_mode = num_classes, channels, mask_mode
+        self.num_past_tasks, self.nz = int(num_past_tasks), nz
+        self.head_widths = tuple(head_widths) if head_widths is not None else (self.widths[-1],) * (num_past_tasks + 1)
+        if len(self.head_widths) != num_past_tasks + 1:
+            raise ValueError(f"head_widths has {len(self.head_widths)} entries for {num_past_tasks + 1} tasks")
+        self.masked_layers = [
+            masked.MaskedConv2DTranspose(self.widths[0], 4, 1, "valid", mask_mode=mask_mode,
+                                         num_past_tasks=num_past_tasks, name="masked_convt_0"),
+            masked.MaskedConv2DTranspose(self.widths[1], 4, 2, "same", mask_mode=mask_mode,
+                                         num_past_tasks=num_past_tasks, name="masked_convt_1"),
+            masked.MaskedConv2DTranspose(self.widths[2], 4, 2, "same", mask_mode=mask_mode,
+                                         num_past_tasks=num_past_tasks, name="masked_convt_2"),
+        ]
+        self.task_norms = [layers.BatchNormalization(name=f"task_bn_{t}") for t in range(num_past_tasks + 1)]
+        self.task_outputs = [layers.Conv2DTranspose(channels, 4, 2, "same", activation="tanh", name=f"task_out_{t}")
+                             for t in range(num_past_tasks + 1)]
+
+    def latent(self, z, labels):
+        """Writes the one-hot label into the first ``num_classes`` entries of z."""
+        onehot = ops.one_hot(labels, self.num_classes, dtype=z.dtype)
+        return ops.concatenate([onehot, z[:, self.num_classes:]], axis=-1)
+
+    def call(self, z, labels, s=1.0, task=None, training=False):
+        """``task=None`` trains/uses the current task (the last head); an int uses that past task."""
+        head = self.num_past_tasks if task is None else task
+        x = ops.reshape(self.latent(z, labels), (-1, 1, 1, self.nz))
+        for layer in self.masked_layers:
+            x = ops.relu(layer(x, s=s, task=task))
+        x = x[..., : self.head_widths[head]]
+        x = ops.relu(self.task_norms[head](x, training=training))
+        return self.task_outputs[head](x)
+
+    def build_all(self):
+        """Creates every variable (one call per head), as subclassed models need a real call."""
+        z = ops.zeros((2, self.nz))
+        y = ops.zeros((2,), dtype="int32")
+        for t in range(self.num_past_tasks + 1):
+            self(z, y, task=None if t == self.num_past_tasks else t)
+        return self
+
+    def get_config(self):
+        return dict(widths=self.widths, num_classes=self.num_classes, channels=self.channels,
+                    mask_mode=self.mask_mode, num_past_tasks=self.num_past_tasks,
+                    head_widths=self.head_widths, nz=self.nz, name=self.name)
+
+
+class Discriminator(keras.Model):
+    """conv5x5/2 32 -> 64 -> 128 (BN, LeakyReLU), flatten, a WGAN critic head and an
+    auxiliary classifier head over the ``num_classes`` classes seen so far (the continual
+    classifier that is evaluated, exported and served)."""
+
+    def __init__(self, num_classes: int, widths=(32, 64, 128), **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.widths = int(num_classes), tuple(widths)
+        self.trunk = []
+        for i, w in enumerate(self.widths):
+            self.trunk += [layers.Conv2D(w, 5, 2, "same", name=f"conv_{i}"),
+                           layers.BatchNormalization(name=f"bn_{i}"), layers.LeakyReLU(0.2)]
+        self.flatten = layers.Flatten()
+        self.critic = layers.Dense(1, name="critic")
+        self.classifier = layers.Dense(self.num_classes, name="classifier")
+
+    def features(self, x, training=False):
+        for layer in self.trunk:
+            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        return self.flatten(x)
+
+    def call(self, x, training=False):
+        h = self.features(x, training)
+        return ops.squeeze(self.critic(h), -1), self.classifier(h)
+
+    def classify(self, x, training=False):
+        return self.classifier(self.features(x, training))
+
+    def build_all(self, channels: int):
+        self(ops.zeros((2, 32, 32, channels)))
+        return self
+
+    def get_config(self):
+        return dict(num_classes=self.num_classes, widths=self.widths, name=self.name)
