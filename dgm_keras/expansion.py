@@ -63,7 +63,7 @@ def expand_generator(old: networks.Generator, name: str | None = None) -> networ
     widths = tuple(w + g for w, g in zip(old.widths, growth))
     new = networks.Generator(widths, old.num_classes, old.channels, old.mask_mode,
                              num_past_tasks=old.num_past_tasks + 1,
-                             head_widths=old.head_widths + (widths[-1],), nz=old.nz,
+                             head_widths=old.head_widths + (widths[-1],), nz=old.nz, mask_init=old.mask_init,
                              name=name or old.name).build_all()
     carry_weights(old, new, skip=lambda key: "mask_embedding" in key)
     task = old.num_past_tasks
@@ -79,7 +79,7 @@ def expand_generator(old: networks.Generator, name: str | None = None) -> networ
 def grow_discriminator(old: networks.Discriminator, num_classes: int, channels: int,
                        fresh: bool = False) -> networks.Discriminator:
     """A discriminator whose classifier head covers ``num_classes``; old rows kept unless ``fresh``."""
-    new = networks.Discriminator(num_classes, old.widths, name=old.name).build_all(channels)
+    new = networks.Discriminator(num_classes, old.widths, old.norm, name=old.name).build_all(channels)
     if not fresh:
         carry_weights(old, new)
     return new

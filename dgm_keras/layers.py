@@ -46,7 +46,7 @@ class MaskedLayer(keras.layers.Layer):
     out_axis: int  # kernel axis of output units
 
     def __init__(self, units: int, mask_mode: str = "weight", num_past_tasks: int = 0,
-                 use_bias: bool = True, **kwargs):
+                 use_bias: bool = True, embedding_init: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode={mask_mode!r}; allowed: {', '.join(MASK_MODES)}")
@@ -56,6 +56,7 @@ class MaskedLayer(keras.layers.Layer):
         self.mask_mode = mask_mode
         self.num_past_tasks = int(num_past_tasks)
         self.use_bias = use_bias
+        self.embedding_init = float(embedding_init)
 
     # -- subclass hooks
     def kernel_shape(self, in_units: int) -> tuple[int, ...]:
@@ -72,10 +73,13 @@ class MaskedLayer(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
         self.embeddings, self.past_masks = {}, {}
         for name, shape in self.mask_shapes().items():
-            # N(0, 1): about half the units start on, as HAT initialises its embeddings.
+            # A small positive constant: every entry starts on (a dense layer) and the task's
+            # gradients and the sparsity regulariser switch off what it does not need. HAT's
+            # N(0, 1) leaves masks at random half-subsets at short budgets: Adam moves an
+            # embedding by about the learning rate a step, too little to cross zero.
             self.embeddings[name] = self.add_weight(
                 name=f"mask_embedding_{name}", shape=shape,
-                initializer=keras.initializers.RandomNormal(0.0, 1.0))
+                initializer=keras.initializers.Constant(self.embedding_init))
             self.past_masks[name] = self.add_weight(
                 name=f"past_masks_{name}", shape=(self.num_past_tasks, *shape), dtype="uint8",
                 initializer="zeros", trainable=False)
@@ -137,7 +141,7 @@ class MaskedLayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(units=self.units, mask_mode=self.mask_mode, num_past_tasks=self.num_past_tasks,
-                      use_bias=self.use_bias)
+                      use_bias=self.use_bias, embedding_init=self.embedding_init)
         return config
 
 

@@ -12,6 +12,10 @@ from keras import layers, ops
 from dgm_keras import layers as masked
 
 NZ = 128  # latent size; the one-hot label is written into its first entries
+# The critic's normalisation. The reference code used batch norm; the WGAN-GP paper advises
+# against it (the penalty is per sample, batch norm couples samples, and fake batches pollute
+# the moving statistics the classifier is evaluated with). Layer norm is the default.
+NORMS = {"batch": layers.BatchNormalization, "layer": lambda name: layers.LayerNormalization(axis=(1, 2, 3), name=name)}
 
 
 class Generator(keras.Model):
@@ -24,21 +28,24 @@ class Generator(keras.Model):
     """
 
     def __init__(self, widths, num_classes: int, channels: int, mask_mode: str = "weight",
-                 num_past_tasks: int = 0, head_widths=None, nz: int = NZ, **kwargs):
+                 num_past_tasks: int = 0, head_widths=None, nz: int = NZ, mask_init: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         self.widths = tuple(int(w) for w in widths)
         self.num_classes, self.channels, self.mask_mode = num_classes, channels, mask_mode
-        self.num_past_tasks, self.nz = int(num_past_tasks), nz
+        self.num_past_tasks, self.nz, self.mask_init = int(num_past_tasks), nz, float(mask_init)
         self.head_widths = tuple(head_widths) if head_widths is not None else (self.widths[-1],) * (num_past_tasks + 1)
         if len(self.head_widths) != num_past_tasks + 1:
             raise ValueError(f"head_widths has {len(self.head_widths)} entries for {num_past_tasks + 1} tasks")
         self.masked_layers = [
             masked.MaskedConv2DTranspose(self.widths[0], 4, 1, "valid", mask_mode=mask_mode,
-                                         num_past_tasks=num_past_tasks, name="masked_convt_0"),
+                                         num_past_tasks=num_past_tasks, embedding_init=mask_init,
+                                         name="masked_convt_0"),
             masked.MaskedConv2DTranspose(self.widths[1], 4, 2, "same", mask_mode=mask_mode,
-                                         num_past_tasks=num_past_tasks, name="masked_convt_1"),
+                                         num_past_tasks=num_past_tasks, embedding_init=mask_init,
+                                         name="masked_convt_1"),
             masked.MaskedConv2DTranspose(self.widths[2], 4, 2, "same", mask_mode=mask_mode,
-                                         num_past_tasks=num_past_tasks, name="masked_convt_2"),
+                                         num_past_tasks=num_past_tasks, embedding_init=mask_init,
+                                         name="masked_convt_2"),
         ]
         self.task_norms = [layers.BatchNormalization(name=f"task_bn_{t}") for t in range(num_past_tasks + 1)]
         self.task_outputs = [layers.Conv2DTranspose(channels, 4, 2, "same", activation="tanh", name=f"task_out_{t}")
@@ -59,6 +66,10 @@ class Generator(keras.Model):
         x = ops.relu(self.task_norms[head](x, training=training))
         return self.task_outputs[head](x)
 
+    def build(self, *args, **kwargs):
+        """Variables are created by ``build_all`` (a real call per head); nothing to infer from shapes."""
+        self.built = True
+
     def build_all(self):
         """Creates every variable (one call per head), as subclassed models need a real call."""
         z = ops.zeros((2, self.nz))
@@ -70,7 +81,7 @@ class Generator(keras.Model):
     def get_config(self):
         return dict(widths=self.widths, num_classes=self.num_classes, channels=self.channels,
                     mask_mode=self.mask_mode, num_past_tasks=self.num_past_tasks,
-                    head_widths=self.head_widths, nz=self.nz, name=self.name)
+                    head_widths=self.head_widths, nz=self.nz, mask_init=self.mask_init, name=self.name)
 
 
 class Discriminator(keras.Model):
@@ -78,13 +89,15 @@ class Discriminator(keras.Model):
     auxiliary classifier head over the ``num_classes`` classes seen so far (the continual
     classifier that is evaluated, exported and served)."""
 
-    def __init__(self, num_classes: int, widths=(32, 64, 128), **kwargs):
+    def __init__(self, num_classes: int, widths=(32, 64, 128), norm: str = "layer", **kwargs):
         super().__init__(**kwargs)
-        self.num_classes, self.widths = int(num_classes), tuple(widths)
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r}; allowed: {', '.join(NORMS)}")
+        self.num_classes, self.widths, self.norm = int(num_classes), tuple(widths), norm
         self.trunk = []
         for i, w in enumerate(self.widths):
-            self.trunk += [layers.Conv2D(w, 5, 2, "same", name=f"conv_{i}"),
-                           layers.BatchNormalization(name=f"bn_{i}"), layers.LeakyReLU(0.2)]
+            self.trunk += [layers.Conv2D(w, 5, 2, "same", name=f"conv_{i}"), NORMS[norm](name=f"norm_{i}"),
+                           layers.LeakyReLU(0.2)]
         self.flatten = layers.Flatten()
         self.critic = layers.Dense(1, name="critic")
         self.classifier = layers.Dense(self.num_classes, name="classifier")
@@ -101,9 +114,12 @@ class Discriminator(keras.Model):
     def classify(self, x, training=False):
         return self.classifier(self.features(x, training))
 
+    def build(self, *args, **kwargs):
+        self.built = True
+
     def build_all(self, channels: int):
         self(ops.zeros((2, 32, 32, channels)))
         return self
 
     def get_config(self):
-        return dict(num_classes=self.num_classes, widths=self.widths, name=self.name)
+        return dict(num_classes=self.num_classes, widths=self.widths, norm=self.norm, name=self.name)

@@ -15,12 +15,11 @@ import sys
 
 from absl import app, flags, logging
 
-from dgm_keras import data
-from dgm_keras.methods import METHODS, base
+from dgm_keras import config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "mnist", f"One of: {', '.join(data.DATASETS)}.")
-flags.DEFINE_string("method", "dgmw", f"One of: {', '.join(METHODS)}.")
+flags.DEFINE_string("dataset", "mnist", f"One of: {', '.join(config.DATASETS)}.")
+flags.DEFINE_string("method", "dgmw", f"One of: {', '.join(config.METHOD_NAMES)}.")
 flags.DEFINE_integer("classes_per_task", 1, "Classes each task brings (1: the paper's 10x1; 2: the 5x2 split).")
 flags.DEFINE_string("class_order", "natural", "natural, or permuted (by --seed).")
 flags.DEFINE_float("validation_fraction", 0.15, "Share of train held out as validation (whole percent).")
@@ -39,14 +38,18 @@ flags.DEFINE_float("d_lr", 2e-3, "Discriminator (and classifier) Adam learning r
 flags.DEFINE_float("beta_1", 0.5, "Adam beta_1.")
 flags.DEFINE_float("beta_2", 0.999, "Adam beta_2.")
 flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight.")
+flags.DEFINE_string("d_norm", "layer", "Critic normalisation: layer (WGAN-GP's advice) or batch (the reference code).")
 flags.DEFINE_float("sparsity_weight", None, "lambda of R_t; default 0.08 for dgmw, 0.01 for dgma.")
+flags.DEFINE_float("mask_init", 0.05, "Initial value of every mask embedding (> 0: layers start dense).")
 flags.DEFINE_float("s_max", None, "Mask scale ceiling; default 1e4 for dgmw, 1e5 for dgma.")
 flags.DEFINE_float("ac_weight", 0.0, "Weight of the AC-GAN classification term in the generator loss.")
 flags.DEFINE_integer("replay_batch_size", 64, "Replayed images of past classes per iteration.")
 flags.DEFINE_integer("replay_per_class", 0, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
 flags.DEFINE_bool("reinit_discriminator", False, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
 
-METHOD_DEFAULTS = {"dgmw": dict(ngf=6, sparsity_weight=0.08, s_max=1e4),
+# sparsity_weight for dgmw: 100x the reference code's 0.08, which at our short budgets and
+# with Adam left ~95% of free weights reserved per task (docs/RESULTS.md).
+METHOD_DEFAULTS = {"dgmw": dict(ngf=6, sparsity_weight=8.0, s_max=1e4),
                    "dgma": dict(ngf=20, sparsity_weight=0.01, s_max=1e5)}
 
 
@@ -59,12 +62,14 @@ def check_flags(values: dict) -> None:
     def bad(name, allowed):
         raise FlagError(f"--{name}={values[name]!r} is not allowed; allowed: {allowed}")
 
-    if values["dataset"] not in data.DATASETS:
-        bad("dataset", ", ".join(data.DATASETS))
-    if values["method"] not in METHODS:
-        bad("method", ", ".join(METHODS))
+    if values["dataset"] not in config.DATASETS:
+        bad("dataset", ", ".join(config.DATASETS))
+    if values["method"] not in config.METHOD_NAMES:
+        bad("method", ", ".join(config.METHOD_NAMES))
     if values["class_order"] not in ("natural", "permuted"):
         bad("class_order", "natural, permuted")
+    if values["d_norm"] not in ("layer", "batch"):
+        bad("d_norm", "layer, batch")
     if values["jit_compile"] not in ("auto", "true", "false"):
         bad("jit_compile", "auto, true, false")
     for name in ("classes_per_task", "epochs_per_task", "batch_size", "replay_batch_size"):
@@ -85,7 +90,7 @@ def check_flags(values: dict) -> None:
     for name in ("beta_1", "beta_2"):
         if not 0 <= values[name] < 1:
             bad(name, "a number in [0, 1)")
-    n = len(data.DATASETS[values["dataset"]].classes)
+    n = len(config.DATASETS[values["dataset"]].classes)
     if n % values["classes_per_task"]:
         bad("classes_per_task", f"a divisor of the {n} classes of {values['dataset']}: "
             + ", ".join(str(d) for d in range(1, n + 1) if n % d == 0))
@@ -120,7 +125,7 @@ def resolve(values: dict) -> dict:
     for key, default in METHOD_DEFAULTS.get(values["method"], METHOD_DEFAULTS["dgmw"]).items():
         if values.get(key) is None:
             values[key] = default
-    values["data_dir"] = values["data_dir"] or data.default_data_dir()
+    values["data_dir"] = values["data_dir"] or config.default_data_dir()
     values["run_name"] = values["run_name"] or (
         f"{values['dataset']}_{values['method']}_{values['classes_per_task']}cpt_seed{values['seed']}")
     values["workdir"] = values["workdir"] or os.path.join("runs", values["run_name"])
@@ -138,7 +143,7 @@ def use_xla(setting: str) -> bool:
 
 FLAG_NAMES = ("dataset", "method", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
-              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "sparsity_weight", "s_max", "ac_weight",
+              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
               "replay_batch_size", "replay_per_class", "reinit_discriminator")
 
 
@@ -157,14 +162,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
 
-    from dgm_keras import runner  # noqa: PLC0415
+    from dgm_keras import data, runner  # noqa: PLC0415
 
     keras.utils.set_random_seed(values["seed"])
-    hp = base.HyperParams(
+    hp = config.HyperParams(
         batch_size=values["batch_size"], epochs_per_task=values["epochs_per_task"],
         steps_per_task=values["steps_per_task"], seed=values["seed"], jit_compile=use_xla(values["jit_compile"]),
         ngf=values["ngf"], d_lr=values["d_lr"], g_lr=values["g_lr"], beta_1=values["beta_1"], beta_2=values["beta_2"],
-        gp_weight=values["gp_weight"], sparsity_weight=values["sparsity_weight"], s_max=values["s_max"],
+        gp_weight=values["gp_weight"], d_norm=values["d_norm"], sparsity_weight=values["sparsity_weight"], mask_init=values["mask_init"], s_max=values["s_max"],
         ac_weight=values["ac_weight"], replay_batch_size=values["replay_batch_size"],
         replay_per_class=values["replay_per_class"], reinit_discriminator=values["reinit_discriminator"])
     cfg = runner.RunConfig(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dgm_keras import data
-from dgm_keras.methods import base
+from dgm_keras import config
 
 
 def _dgmw(scenario, channels, hp):
@@ -31,9 +30,10 @@ def _finetune(scenario, channels, hp):
 
 
 METHODS = {"dgmw": _dgmw, "dgma": _dgma, "joint": _joint, "finetune": _finetune}
+assert tuple(METHODS) == config.METHOD_NAMES
 
 
-def make_method(name: str, scenario: data.Scenario, channels: int, hp: base.HyperParams) -> base.ContinualMethod:
+def make_method(name: str, scenario, channels: int, hp: config.HyperParams):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     return METHODS[name](scenario, channels, hp)

@@ -7,38 +7,14 @@ registered in ``methods/__init__.py``, plus its flagfiles.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import keras
 
-from dgm_keras import data
+from dgm_keras import config, data
 
 
-@dataclasses.dataclass
-class HyperParams:
-    """Every knob a method reads; filled from flags (``flags/*.cfg`` hold the paper's values)."""
-
-    batch_size: int = 64
-    epochs_per_task: int = 1
-    steps_per_task: int = 0  # > 0 overrides epochs_per_task
-    seed: int = 0
-    jit_compile: bool = False
-    # DGM
-    ngf: int = 6
-    d_lr: float = 2e-3
-    g_lr: float = 2e-3
-    beta_1: float = 0.5
-    beta_2: float = 0.999
-    gp_weight: float = 1.0
-    sparsity_weight: float = 0.08
-    s_max: float = 1e4
-    ac_weight: float = 0.0
-    replay_batch_size: int = 64
-    replay_per_class: int = 0  # 0: as many as the current task has training images per class
-    reinit_discriminator: bool = False
-    embedding_clip: float = 6.0
-    grad_clip_norm: float = 1e4
+HyperParams = config.HyperParams
 
 
 class ContinualMethod:

@@ -206,7 +206,7 @@ class DGM(base.ContinualMethod):
         self.name = "dgmw" if mask_mode == "weight" else "dgma"
         ngf = hp.ngf
         self.gen = networks.Generator((4 * ngf, 2 * ngf, ngf), scenario.num_classes, channels, mask_mode,
-                                      name="generator").build_all()
+                                      mask_init=hp.mask_init, name="generator").build_all()
         self.initial_size = expansion.generator_size(self.gen)
         self.disc = None
         self.sizes, self.mask_bytes, self.replay_counts, self.reserved_fraction = [], [], [], []
@@ -237,7 +237,7 @@ class DGM(base.ContinualMethod):
     def begin_task(self, task, train):
         seen = self.scenario.seen_classes(task)
         if self.disc is None:
-            self.disc = networks.Discriminator(seen, name="discriminator").build_all(self.channels)
+            self.disc = networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
         else:
             self.disc = expansion.grow_discriminator(self.disc, seen, self.channels, fresh=self.hp.reinit_discriminator)
         per_class = self.hp.replay_per_class or max(1, len(train.labels) // self.scenario.classes_per_task)
@@ -263,7 +263,7 @@ class DGM(base.ContinualMethod):
     def train_task(self, task, train, callbacks):
         epochs, steps = self.steps_for(len(train.labels))
         history = self.trainer.fit(self.pipeline(task, train), epochs=epochs, steps_per_epoch=steps,
-                                   callbacks=callbacks, verbose=0)
+                                   callbacks=callbacks, verbose=0, shuffle=False)
         return {k: float(v[-1]) for k, v in history.history.items()}
 
     def end_task(self, task):

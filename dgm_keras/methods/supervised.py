@@ -53,7 +53,7 @@ class Supervised(base.ContinualMethod):
 
     def begin_task(self, task, train):
         seen = self.scenario.seen_classes(task)
-        self.disc = (networks.Discriminator(seen, name="discriminator").build_all(self.channels) if self.disc is None
+        self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels) if self.disc is None
                      else expansion.grow_discriminator(self.disc, seen, self.channels))
         self.trainer = ClassifierTrainer(self.disc)
         self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
@@ -67,7 +67,7 @@ class Supervised(base.ContinualMethod):
         epochs, steps = self.steps_for(len(train.labels))
         ds = data.make_pipeline(train, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
                                 drop_remainder=True).repeat()
-        history = self.trainer.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+        history = self.trainer.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
         return {k: float(v[-1]) for k, v in history.history.items()}
 
     def end_task(self, task):

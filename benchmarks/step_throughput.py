@@ -1,0 +1,106 @@
+"""Train-step throughput of DGM: iterations/s and real images/s, first and tenth task.
+
+An iteration is everything done for one real batch: the critic step (WGAN-GP with the
+gradient penalty, plus classification of the real batch and a replay batch of past
+classes) and the generator step (adversarial loss + sparsity regulariser, protection and
+HAT compensation). The tenth task is reached by nine expansions with masks that reserve
+``--reserved`` of each layer's free entries, as a real run's tasks do.
+
+    python benchmarks/step_throughput.py                       # all combinations
+    python benchmarks/step_throughput.py --modes=weight --shapes=mnist --xla=false
+
+Prints one line per configuration: median seconds per iteration over --steps timed
+iterations (after --warmup), it/s and images/s.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dgm_keras  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("modes", ["weight", "activation"], "weight (DGMw), activation (DGMa).")
+flags.DEFINE_list("shapes", ["mnist", "cifar10"], "mnist (32x32x1), cifar10 (32x32x3).")
+flags.DEFINE_list("xla", ["false", "true"], "jit_compile settings to measure.")
+flags.DEFINE_list("tasks", ["1", "10"], "Task numbers to measure (1-based).")
+flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
+flags.DEFINE_integer("steps", 40, "Timed iterations.")
+flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
+flags.DEFINE_float("reserved", 0.5, "Share of free entries each simulated past task reserves.")
+
+
+class _Timer:
+    def __init__(self):
+        self.times = []
+
+    def __call__(self):
+        import keras  # noqa: PLC0415
+
+        outer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                self.t = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                outer.times.append(time.perf_counter() - self.t)
+
+        return Callback()
+
+
+def measure(mode: str, channels: int, task: int, xla: bool) -> tuple[float, float, dict]:
+    from dgm_keras import data, expansion  # noqa: PLC0415
+    from dgm_keras.methods import base, dgm  # noqa: PLC0415
+
+    scenario = data.make_scenario("mnist", 1)
+    hp = base.HyperParams(batch_size=FLAGS.batch_size, replay_batch_size=FLAGS.batch_size,
+                          steps_per_task=FLAGS.warmup + FLAGS.steps, jit_compile=xla,
+                          ngf=6 if mode == "weight" else 20, replay_per_class=256,
+                          s_max=1e4 if mode == "weight" else 1e5)
+    method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
+    rng = np.random.default_rng(0)
+    for _ in range(task - 1):  # past tasks: random masks over free entries, then expansion
+        for layer in method.gen.masked_layers:
+            free = {k: 1 - r.numpy() for k, r in layer.reserved().items()}
+            for name, e in layer.embeddings.items():
+                take = (rng.random(e.shape) < FLAGS.reserved) & (free[name] > 0)
+                e.assign(np.where(take, 1.0, -1.0).astype(np.float32))
+        method.gen = expansion.expand_generator(method.gen)
+    images = rng.uniform(-1, 1, (FLAGS.batch_size * 8, 32, 32, channels)).astype(np.float32)
+    train = data.SplitArrays(images, np.full(len(images), task - 1, np.int32))
+    method.begin_task(task - 1, train)
+    timer = _Timer()
+    start = time.perf_counter()
+    method.trainer.fit(method.pipeline(task - 1, train), epochs=1, steps_per_epoch=FLAGS.warmup + FLAGS.steps,
+                       callbacks=[timer()], verbose=0)
+    total = time.perf_counter() - start
+    per_step = float(np.median(timer.times[FLAGS.warmup:]))
+    first = timer.times[0]
+    return per_step, first, {"generator_size": expansion.generator_size(method.gen), "widths": method.gen.widths,
+                             "wall": total}
+
+
+def main(argv):
+    del argv
+    channels = {"mnist": 1, "cifar10": 3}
+    print("method shape   task xla   s/it    it/s   images/s  first-step(s)  G size  widths")
+    for mode in FLAGS.modes:
+        for shape in FLAGS.shapes:
+            for xla in FLAGS.xla:
+                for task in FLAGS.tasks:
+                    per_step, first, info = measure(mode, channels[shape], int(task), xla == "true")
+                    name = "dgmw" if mode == "weight" else "dgma"
+                    print(f"{name:6s} {shape:7s} {task:>4s} {xla:5s} {per_step:.4f} {1 / per_step:7.2f} "
+                          f"{FLAGS.batch_size / per_step:9.1f}  {first:12.1f}  {info['generator_size']:6d}  "
+                          f"{info['widths']}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

