@@ -41,9 +41,12 @@ def _write_version(archive: keras.export.ExportArchive, model_dir: str, version:
     return final
 
 
-def _check_images(images):
-    """Rejects requests that would give a silent wrong answer."""
+def _check_images(images, channels: int):
+    """Rejects requests that would give a silent wrong answer (or a deep TensorFlow error)."""
+    size = data.IMAGE_SIZE
     checks = [
+        tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, channels]),
+                                  message=f"images: shape must be [N, {size}, {size}, {channels}]"),
         tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch; send at least one image"),
         tf.debugging.assert_all_finite(images, "images: NaN or Inf pixels; send finite values in [-1, 1]"),
         tf.debugging.assert_greater_equal(tf.reduce_min(images), -1.001,
@@ -60,7 +63,7 @@ def export_classifier(model, classify, scenario: data.Scenario, task: int, chann
     names = tf.constant(list(scenario.class_names[: scenario.seen_classes(task)]))
 
     def outputs(images):
-        probs = tf.nn.softmax(classify(_check_images(images)), axis=-1)
+        probs = tf.nn.softmax(classify(_check_images(images, channels)), axis=-1)
         classes = tf.argmax(probs, axis=-1)
         return {"probabilities": probs, "classes": classes, "class_names": tf.gather(names, classes)}
 

@@ -33,8 +33,9 @@ def hard_threshold(scaled: tf.Tensor):
     mask = tf.cast(scaled > 0, scaled.dtype)
 
     def grad(upstream):
-        sig = tf.sigmoid(scaled)
-        return upstream * sig * (1.0 - sig)
+        # sigmoid(x) * sigmoid(-x), not sig * (1 - sig): in float32 sigmoid(x) rounds to 1 for
+        # x > ~17 and the latter would vanish long before HAT's compensation clip at 50.
+        return upstream * tf.sigmoid(scaled) * tf.sigmoid(-scaled)
 
     return mask, grad
 

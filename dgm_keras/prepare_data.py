@@ -257,9 +257,13 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "mnist", OFFLINE_DATASETS, "Dataset to build.")
-flags.DEFINE_string("source", None, "Local file or folder to build from (see module docstring).")
-flags.DEFINE_string("data_dir", None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
+
+
+def define_flags():
+    """Defined only when run as a program: the trainer imports this module and has its own flags."""
+    flags.DEFINE_enum("dataset", "mnist", OFFLINE_DATASETS, "Dataset to build.")
+    flags.DEFINE_string("source", None, "Local file or folder to build from (see module docstring).")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
 
 
 def main(argv):
@@ -273,4 +277,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
