@@ -34,6 +34,7 @@ flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
 flags.DEFINE_integer("steps", 40, "Timed iterations.")
 flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
 flags.DEFINE_float("reserved", 0.5, "Share of free entries each simulated past task reserves.")
+flags.DEFINE_bool("breakdown", False, "Also time the critic step and the generator step alone (not XLA).")
 
 
 class _Timer:
@@ -83,8 +84,31 @@ def measure(mode: str, channels: int, task: int, xla: bool) -> tuple[float, floa
     total = time.perf_counter() - start
     per_step = float(np.median(timer.times[FLAGS.warmup:]))
     first = timer.times[0]
-    return per_step, first, {"generator_size": expansion.generator_size(method.gen), "widths": method.gen.widths,
-                             "wall": total}
+    info = {"generator_size": expansion.generator_size(method.gen), "widths": method.gen.widths, "wall": total}
+    if FLAGS.breakdown:
+        info["parts"] = part_times(method.trainer, next(iter(method.pipeline(task - 1, train))))
+    return per_step, first, info
+
+
+def part_times(trainer, batch) -> dict:
+    """Median seconds of the critic step and of the generator step, each compiled alone."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    s = tf.constant(100.0)
+    parts = {"critic": tf.function(lambda b: trainer.critic_step(b, s)),
+             "generator": tf.function(lambda: trainer.generator_step(FLAGS.batch_size, s))}
+    out = {}
+    for name, fn in parts.items():
+        call = (lambda: fn(batch)) if name == "critic" else fn
+        for _ in range(3):
+            call()
+        times = []
+        for _ in range(FLAGS.steps):
+            t = time.perf_counter()
+            tf.nest.map_structure(lambda x: x.numpy(), call())
+            times.append(time.perf_counter() - t)
+        out[name] = float(np.median(times))
+    return out
 
 
 def main(argv):
@@ -100,6 +124,9 @@ def main(argv):
                     print(f"{name:6s} {shape:7s} {task:>4s} {xla:5s} {per_step:.4f} {1 / per_step:7.2f} "
                           f"{FLAGS.batch_size / per_step:9.1f}  {first:12.1f}  {info['generator_size']:6d}  "
                           f"{info['widths']}", flush=True)
+                    if "parts" in info:
+                        print("       critic step {critic:.4f} s, generator step {generator:.4f} s".format(
+                            **info["parts"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ from dgm_keras import data, expansion, layers
 from dgm_keras.methods import base, dgm
 
 
+def _part(train, task, n):
+    """The first ``n`` training images of ``task`` (one class per task)."""
+    part = train.of_classes(range(task, task + 1))
+    return data.SplitArrays(part.images[:n], part.labels[:n])
+
+
 def _method(mode="weight", steps=12, **kw):
     scenario = data.make_scenario("mnist", 1)
     hp = base.HyperParams(steps_per_task=steps, ngf=4, batch_size=32, replay_batch_size=32,
@@ -20,8 +26,7 @@ def test_reserved_weights_bitwise_unchanged_by_a_whole_task(mode, mnist_scenario
     method = _method(mode)
     train = mnist_scenario_data.train
     for task in range(2):
-        part = train.of_classes(range(task, task + 1))
-        part = data.SplitArrays(part.images[:512], part.labels[:512])
+        part = _part(train, task, 512)
         method.begin_task(task, part)
         if task == 1:
             protect = dgm.protection_multipliers(method.gen)
@@ -70,8 +75,7 @@ def test_replay_draws_every_past_class_from_its_task(mnist_scenario_data):
     method = _method(steps=3)
     train = mnist_scenario_data.train
     for task in range(3):
-        part = train.of_classes(range(task, task + 1))
-        part = data.SplitArrays(part.images[:256], part.labels[:256])
+        part = _part(train, task, 256)
         method.begin_task(task, part)
         if task == 0:
             assert method.replay is None
@@ -89,8 +93,7 @@ def test_replay_draws_every_past_class_from_its_task(mnist_scenario_data):
 
 def test_xla_compiled_step_runs_and_matches_eager_shape(mnist_scenario_data):
     method = _method(steps=2, jit_compile=True)
-    part = mnist_scenario_data.train.of_classes(range(0, 1))
-    part = data.SplitArrays(part.images[:128], part.labels[:128])
+    part = _part(mnist_scenario_data.train, 0, 128)
     method.begin_task(0, part)
     losses = method.train_task(0, part, [])
     assert np.isfinite(losses["d_loss"]) and np.isfinite(losses["g_loss"])
@@ -99,8 +102,7 @@ def test_xla_compiled_step_runs_and_matches_eager_shape(mnist_scenario_data):
 
 def test_sparsity_weight_rescaled_by_generator_growth(mnist_scenario_data):
     method = _method(steps=2)
-    part = mnist_scenario_data.train.of_classes(range(0, 1))
-    part = data.SplitArrays(part.images[:128], part.labels[:128])
+    part = _part(mnist_scenario_data.train, 0, 128)
     method.begin_task(0, part)
     assert method.trainer.sparsity_weight == pytest.approx(method.hp.sparsity_weight)
     method.train_task(0, part, [])

@@ -81,6 +81,7 @@ class DGMTrainer(keras.Model):
         names = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
                  "sparsity", "mask_scale", "mask_usage")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @property
     def metrics(self):
@@ -120,16 +121,23 @@ class DGMTrainer(keras.Model):
         return used / self._free_total, total_on
 
     def train_step(self, batch):
+        """One iteration: the critic step, then the generator step, in one compiled function."""
+        s = mask_scale(self.task_step, self.total_steps, self.hp.s_max)
+        values = self.critic_step(batch, s)
+        values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
+        self.task_step.assign_add(1)
+        for k, v in values.items():
+            self.trackers[k].update_state(v)
+        return {k: t.result() for k, t in self.trackers.items()}
+
+    def critic_step(self, batch, s):
+        """WGAN-GP on the current task, plus the classifier on real and replayed images."""
         if self.num_past_classes:
             (real_x, real_y), (replay_x, replay_y) = batch
         else:
             real_x, real_y = batch
         n = ops.shape(real_x)[0]
-        s = mask_scale(self.task_step, self.total_steps, self.hp.s_max)
         seen = self.class_hi - self.class_lo + self.num_past_classes
-        ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-        # Critic step: WGAN-GP on the current task, plus the classifier on real and replayed images.
         z, y = self.sample_current(n)
         fake = ops.stop_gradient(self.generator(z, y, s=s, training=True))
         with tf.GradientTape() as tape:
@@ -138,20 +146,23 @@ class DGMTrainer(keras.Model):
             critic_fake, _ = self.discriminator(fake, training=True)
             wasserstein = ops.mean(critic_real[:n]) - ops.mean(critic_fake)
             gp = self.gradient_penalty(real_x, fake)
-            cls_loss = ce(real_y, logits[:n])
+            cls_loss = self.ce(real_y, logits[:n])
             # Balanced: each seen class weighs the same, however many images of it the batch holds.
             current_share = (self.class_hi - self.class_lo) / seen
             total_cls = current_share * cls_loss
             if self.num_past_classes:
-                replay_loss = ce(replay_y, logits[n:])
+                replay_loss = self.ce(replay_y, logits[n:])
                 total_cls += (1.0 - current_share) * replay_loss
             else:
                 replay_loss = ops.zeros(())
             d_loss = -wasserstein + self.hp.gp_weight * gp + total_cls
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+        return dict(d_loss=d_loss, wasserstein=wasserstein, gradient_penalty=gp, cls_loss=cls_loss,
+                    replay_cls_loss=replay_loss, real_x=real_x)
 
-        # Generator step: fool the critic, spend little free capacity.
+    def generator_step(self, n, s):
+        """Fool the critic, spend little free capacity; reserved weights get no update."""
         z, y = self.sample_current(n)
         with tf.GradientTape() as tape:
             fake = self.generator(z, y, s=s, training=True)
@@ -159,7 +170,7 @@ class DGMTrainer(keras.Model):
             reg, total_on = self.sparsity(s)
             g_loss = -ops.mean(critic_fake) + self.sparsity_weight * reg
             if self.hp.ac_weight:
-                g_loss += self.hp.ac_weight * ce(y, fake_logits)
+                g_loss += self.hp.ac_weight * self.ce(y, fake_logits)
         grads = tape.gradient(g_loss, self.g_vars)
         grads = [self.shape_generator_grad(v, g, s) for v, g in zip(self.g_vars, grads)]
         grads, _ = tf.clip_by_global_norm(grads, self.hp.grad_clip_norm)
@@ -167,14 +178,7 @@ class DGMTrainer(keras.Model):
         for v in self.g_vars:
             if v.path in self.embedding_vars:
                 v.assign(ops.clip(v, -self.hp.embedding_clip, self.hp.embedding_clip))
-        self.task_step.assign_add(1)
-
-        values = dict(d_loss=d_loss, g_loss=g_loss, wasserstein=wasserstein, gradient_penalty=gp,
-                      cls_loss=cls_loss, replay_cls_loss=replay_loss, sparsity=reg, mask_scale=s,
-                      mask_usage=total_on / self._mask_entries())
-        for k, v in values.items():
-            self.trackers[k].update_state(v)
-        return {k: t.result() for k, t in self.trackers.items()}
+        return dict(g_loss=g_loss, sparsity=reg, mask_scale=s, mask_usage=total_on / self._mask_entries())
 
     def shape_generator_grad(self, variable, grad, s):
         """Protection (zero update of reserved weights) and HAT's compensation of embeddings."""
