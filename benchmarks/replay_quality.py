@@ -81,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("generator")
     app.run(main)

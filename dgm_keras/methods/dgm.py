@@ -70,6 +70,8 @@ class DGMTrainer(keras.Model):
         self.num_past_classes, self.total_steps = num_past_classes, total_steps
         self.sparsity_weight = sparsity_weight
         self.task_step = keras.Variable(0, dtype="int64", trainable=False, name="task_step")
+        # Created here, not while tracing: it holds a state variable. A different stream per task.
+        self.seed_gen = keras.random.SeedGenerator(hp.seed * 1000 + num_past_classes)
         # Fixed for the whole task: what past tasks reserved, as constants of the step.
         self._protect = protection_multipliers(generator)
         self._free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
@@ -192,12 +194,6 @@ class DGMTrainer(keras.Model):
 
     def _mask_entries(self):
         return float(sum(np.prod(m.shape) for layer in self.generator.masked_layers for m in layer.embeddings.values()))
-
-    @property
-    def seed_gen(self):
-        if not hasattr(self, "_seed_gen"):
-            self._seed_gen = keras.random.SeedGenerator(self.hp.seed)
-        return self._seed_gen
 
 
 class DGM(base.ContinualMethod):
