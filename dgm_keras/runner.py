@@ -117,7 +117,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             samples = method.sample(labels, seed=cfg.hp.seed)
         results["exports"].append(exported)
         monitoring.log_task(writer, task, strict["accuracy"], results["accuracy_matrix"], results["method_report"],
-                            samples, cfg.samples_per_class, method.report().get("reserved_fraction_last"))
+                            samples, cfg.samples_per_class, results["method_report"].get("reserved_fraction_last"))
         atomic_write_json(results_path, results)
         log(f"task {task + 1}/{scenario.num_tasks}: A_{scenario.seen_classes(task)} = {100 * strict['accuracy']:.2f} "
             f"(selected {100 * selected['accuracy']:.2f}) in {results['task_seconds'][-1]:.1f} s")

@@ -47,6 +47,10 @@ class ContinualMethod:
         """The generator to export, or None for methods without one."""
         return None
 
+    def sample(self, labels, seed: int):
+        """Generated images of the given seen classes (methods with a generator only)."""
+        raise NotImplementedError(f"{self.name} has no generator")
+
     def report(self) -> dict:
         """Method-specific figures for results.json (sizes, mask usage)."""
         return {}
