@@ -21,11 +21,15 @@ from absl import app, flags  # noqa: E402
 from dgm_keras import data  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("generator", None, "Exported generator version folder (…/generator/<task>).")
-flags.DEFINE_string("results", None, "The run's results.json (for the class order); default beside the workdir.")
-flags.DEFINE_integer("per_class", 1000, "Samples per class.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir.")
-flags.DEFINE_string("referee", ".data/mnist_referee.keras", "Where the referee classifier is cached.")
+
+
+def define_flags():
+    """Only when run as a program: first_tasks.py imports the referee and has its own flags."""
+    flags.DEFINE_string("generator", None, "Exported generator version folder (…/generator/<task>).")
+    flags.DEFINE_string("results", None, "The run's results.json (for the class order).")
+    flags.DEFINE_integer("per_class", 1000, "Samples per class.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+    flags.DEFINE_string("referee", ".data/mnist_referee.keras", "Where the referee classifier is cached.")
 
 
 def referee(path: str, data_dir: str):
@@ -81,5 +85,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flag_as_required("generator")
     app.run(main)
