@@ -70,3 +70,17 @@ class HyperParams:
 def default_data_dir() -> str:
     """TFDS's own default: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def task_split_divisors(dataset: str) -> list[int]:
+    """The classes_per_task values that split ``dataset``'s classes into equal tasks."""
+    n = len(DATASETS[dataset].classes)
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validation_percent(fraction: float) -> int | None:
+    """The held-out share as a whole percent for TFDS's split slicing, or None if it is not one in [0, 100)."""
+    if not 0.0 <= fraction < 1.0:
+        return None
+    percent = round(fraction * 100)
+    return percent if abs(percent - fraction * 100) <= 1e-6 else None

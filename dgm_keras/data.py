@@ -79,11 +79,10 @@ def make_scenario(dataset: str, classes_per_task: int, class_order: str = "natur
                   class_names: Sequence[str] | None = None) -> Scenario:
     """Builds the task split; ``class_order`` is ``natural`` or ``permuted`` (by ``seed``)."""
     spec = get_spec(dataset)
-    n = len(spec.classes)
-    if classes_per_task <= 0 or n % classes_per_task:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise DataError(f"classes_per_task={classes_per_task} must divide the {n} classes of {dataset}; "
-                        f"allowed: {divisors}")
+    divisors = config.task_split_divisors(dataset)
+    if classes_per_task not in divisors:
+        raise DataError(f"classes_per_task={classes_per_task} must divide the {len(spec.classes)} classes of "
+                        f"{dataset}; allowed: {divisors}")
     if class_order == "natural":
         order = spec.classes
     elif class_order == "permuted":
@@ -194,11 +193,9 @@ class ScenarioData:
 def load_scenario_data(scenario: Scenario, data_dir: str, validation_fraction: float) -> ScenarioData:
     """Train, a validation split held out of train (the last ``validation_fraction``), and test."""
     spec = get_spec(scenario.dataset)
-    if not 0.0 <= validation_fraction < 1.0:
-        raise DataError(f"validation_fraction={validation_fraction} must be in [0, 1)")
-    percent = round(validation_fraction * 100)
-    if percent and abs(percent - validation_fraction * 100) > 1e-6:
-        raise DataError(f"validation_fraction={validation_fraction} must be a whole percent (e.g. 0.15)")
+    percent = config.validation_percent(validation_fraction)
+    if percent is None:
+        raise DataError(f"validation_fraction={validation_fraction} must be a whole percent in [0, 1), e.g. 0.15")
     train_split = f"train[:{100 - percent}%]" if percent else "train"
     train = load_split(scenario, data_dir, train_split)
     validation = load_split(scenario, data_dir, f"train[{100 - percent}%:]") if percent else None

@@ -90,12 +90,11 @@ def check_flags(values: dict) -> None:
     for name in ("beta_1", "beta_2"):
         if not 0 <= values[name] < 1:
             bad(name, "a number in [0, 1)")
-    n = len(config.DATASETS[values["dataset"]].classes)
-    if n % values["classes_per_task"]:
-        bad("classes_per_task", f"a divisor of the {n} classes of {values['dataset']}: "
-            + ", ".join(str(d) for d in range(1, n + 1) if n % d == 0))
-    frac = values["validation_fraction"]
-    if not 0 <= frac < 1 or abs(round(frac * 100) - frac * 100) > 1e-6:
+    divisors = config.task_split_divisors(values["dataset"])
+    if values["classes_per_task"] not in divisors:
+        bad("classes_per_task", f"a divisor of the {max(divisors)} classes of {values['dataset']}: "
+            + ", ".join(map(str, divisors)))
+    if config.validation_percent(values["validation_fraction"]) is None:
         bad("validation_fraction", "a whole percent in [0, 1), e.g. 0.15")
     data_dir = values["data_dir"]
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)):
