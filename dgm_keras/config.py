@@ -7,7 +7,8 @@ import dataclasses
 import os
 
 IMAGE_SIZE = 32
-METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune")
+METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
+MERGAN_MODES = ("jtr", "ra")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,19 @@ class HyperParams:
     reinit_discriminator: bool = False
     embedding_clip: float = 6.0
     grad_clip_norm: float = 1e4
+    # Regularisation baselines (ewc, si, rwalk); memory_per_class > 0 makes them the "-M" variants.
+    memory_per_class: int = 0  # real images kept per past class and replayed with the current task
+    ewc_lambda: float = 1000.0  # EWC penalty strength
+    ewc_gamma: float = 1.0  # online EWC: decay of the accumulated Fisher at each new task
+    si_c: float = 1.0  # SI penalty strength
+    si_xi: float = 1e-3  # SI damping of the importance's denominator
+    rwalk_lambda: float = 1.0  # RWalk penalty strength
+    rwalk_alpha: float = 0.9  # RWalk: moving-average rate of the empirical Fisher
+    # iCaRL
+    icarl_memory: int = 2000  # total exemplars K, shared equally by the classes seen so far
+    # MeRGAN
+    mergan_mode: str = "jtr"  # jtr: joint retraining with replay; ra: plus replay alignment
+    alignment_weight: float = 1.0  # MeRGAN-RA: weight of the L2 alignment to the previous generator
 
 
 def default_data_dir() -> str:

@@ -87,4 +87,4 @@ def grow_discriminator(old: networks.Discriminator, num_classes: int, channels: 
 
 def generator_size(generator: networks.Generator) -> int:
     """Weights of the generator (kernels, biases, norms), without mask embeddings or masks."""
-    return int(sum(np.prod(v.shape) for v in generator.trainable_variables if "mask_embedding" not in v.path))
+    return networks.count_weights(generator)

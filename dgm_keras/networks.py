@@ -6,6 +6,8 @@ already built cannot take new state.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -16,6 +18,11 @@ NZ = 128  # latent size; the one-hot label is written into its first entries
 # against it (the penalty is per sample, batch norm couples samples, and fake batches pollute
 # the moving statistics the classifier is evaluated with). Layer norm is the default.
 NORMS = {"batch": layers.BatchNormalization, "layer": lambda name: layers.LayerNormalization(axis=(1, 2, 3), name=name)}
+
+
+def count_weights(model: keras.Model) -> int:
+    """Trainable weights, without DGM's mask embeddings (a past task keeps its masks as bits)."""
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables if "mask_embedding" not in v.path))
 
 
 class Generator(keras.Model):

@@ -105,6 +105,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         results.update({f"{k}": v for k, v in evaluation.summarise(results["accuracy_matrix"]).items()})
         results.update({f"{k}_selected": v for k, v in evaluation.summarise(results["accuracy_matrix_selected"]).items()})
         results["method_report"] = method.report()
+        results["parameters"] = method.parameter_counts()
 
         exported = {"classifier": export.export_classifier(
             method.classifier_model(), method.classifier(), scenario, task, spec.channels,

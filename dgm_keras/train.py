@@ -10,6 +10,7 @@ with one line naming it and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -46,6 +47,17 @@ flags.DEFINE_float("ac_weight", 0.0, "Weight of the AC-GAN classification term i
 flags.DEFINE_integer("replay_batch_size", 64, "Replayed images of past classes per iteration.")
 flags.DEFINE_integer("replay_per_class", 0, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
 flags.DEFINE_bool("reinit_discriminator", False, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
+_HP = config.HyperParams()
+flags.DEFINE_integer("memory_per_class", _HP.memory_per_class, "ewc/si/rwalk: real images kept per past class and replayed (the paper's -M variants); 0: none.")
+flags.DEFINE_float("ewc_lambda", _HP.ewc_lambda, "EWC penalty strength.")
+flags.DEFINE_float("ewc_gamma", _HP.ewc_gamma, "Online EWC: decay in [0, 1] of the accumulated Fisher at each new task.")
+flags.DEFINE_float("si_c", _HP.si_c, "SI penalty strength c.")
+flags.DEFINE_float("si_xi", _HP.si_xi, "SI damping xi of the importance's denominator.")
+flags.DEFINE_float("rwalk_lambda", _HP.rwalk_lambda, "RWalk penalty strength.")
+flags.DEFINE_float("rwalk_alpha", _HP.rwalk_alpha, "RWalk: moving-average rate in [0, 1] of the empirical Fisher.")
+flags.DEFINE_integer("icarl_memory", _HP.icarl_memory, "iCaRL: total exemplars K, shared equally by the classes seen so far.")
+flags.DEFINE_string("mergan_mode", _HP.mergan_mode, f"MeRGAN: {', '.join(config.MERGAN_MODES)} (joint retraining with replay, or replay alignment).")
+flags.DEFINE_float("alignment_weight", _HP.alignment_weight, "MeRGAN-RA: weight of the L2 alignment to the previous generator.")
 
 # sparsity_weight for dgmw: 100x the reference code's 0.08, which at our short budgets and
 # with Adam left ~95% of free weights reserved per task (docs/RESULTS.md).
@@ -72,6 +84,18 @@ def check_flags(values: dict) -> None:
         bad("d_norm", "layer, batch")
     if values["jit_compile"] not in ("auto", "true", "false"):
         bad("jit_compile", "auto, true, false")
+    if values["mergan_mode"] not in config.MERGAN_MODES:
+        bad("mergan_mode", ", ".join(config.MERGAN_MODES))
+    if values["icarl_memory"] <= 0:
+        bad("icarl_memory", "a positive integer")
+    if values["memory_per_class"] < 0:
+        bad("memory_per_class", "0 or a positive integer")
+    for name in ("ewc_lambda", "si_c", "si_xi", "rwalk_lambda", "alignment_weight"):
+        if not values[name] >= 0:
+            bad(name, "a number >= 0")
+    for name in ("ewc_gamma", "rwalk_alpha"):
+        if not 0 <= values[name] <= 1:
+            bad(name, "a number in [0, 1]")
     for name in ("classes_per_task", "epochs_per_task", "batch_size", "replay_batch_size"):
         if values[name] <= 0:
             bad(name, "a positive integer")
@@ -143,7 +167,9 @@ def use_xla(setting: str) -> bool:
 FLAG_NAMES = ("dataset", "method", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
-              "replay_batch_size", "replay_per_class", "reinit_discriminator")
+              "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
+              "ewc_gamma", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "icarl_memory", "mergan_mode",
+              "alignment_weight")
 
 
 def main(argv):
@@ -164,13 +190,9 @@ def main(argv):
     from dgm_keras import data, runner  # noqa: PLC0415
 
     keras.utils.set_random_seed(values["seed"])
-    hp = config.HyperParams(
-        batch_size=values["batch_size"], epochs_per_task=values["epochs_per_task"],
-        steps_per_task=values["steps_per_task"], seed=values["seed"], jit_compile=use_xla(values["jit_compile"]),
-        ngf=values["ngf"], d_lr=values["d_lr"], g_lr=values["g_lr"], beta_1=values["beta_1"], beta_2=values["beta_2"],
-        gp_weight=values["gp_weight"], d_norm=values["d_norm"], sparsity_weight=values["sparsity_weight"], mask_init=values["mask_init"], s_max=values["s_max"],
-        ac_weight=values["ac_weight"], replay_batch_size=values["replay_batch_size"],
-        replay_per_class=values["replay_per_class"], reinit_discriminator=values["reinit_discriminator"])
+    hp = config.HyperParams(**{f.name: values[f.name] for f in dataclasses.fields(config.HyperParams)
+                               if f.name in values and f.name != "jit_compile"},
+                            jit_compile=use_xla(values["jit_compile"]))
     cfg = runner.RunConfig(
         dataset=values["dataset"], method=values["method"], classes_per_task=values["classes_per_task"],
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],

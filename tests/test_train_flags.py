@@ -33,6 +33,11 @@ def _values(tmp_path, **over):
     (dict(beta_1=1.0), r"--beta_1=1.0"),
     (dict(jit_compile="yes"), r"--jit_compile='yes' .*auto, true, false"),
     (dict(class_order="random"), r"--class_order='random' .*natural, permuted"),
+    (dict(mergan_mode="xx"), r"--mergan_mode='xx' is not allowed; allowed: jtr, ra"),
+    (dict(icarl_memory=0), r"--icarl_memory=0 .*positive integer"),
+    (dict(memory_per_class=-1), r"--memory_per_class=-1 .*0 or a positive"),
+    (dict(ewc_lambda=-1.0), r"--ewc_lambda=-1.0 .*>= 0"),
+    (dict(rwalk_alpha=1.5), r"--rwalk_alpha=1.5 .*\[0, 1\]"),
 ])
 def test_bad_values_are_named(tmp_path, over, pattern):
     with pytest.raises(train.FlagError, match=pattern):
@@ -67,5 +72,6 @@ def test_cli_bad_flag_exits_with_one_line_and_writes_nothing(tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["train: --method='sgd' is not allowed; allowed: dgmw, dgma, joint, finetune"]
+    assert lines == ["train: --method='sgd' is not allowed; allowed: dgmw, dgma, joint, finetune, ewc, si, rwalk, "
+                     "icarl, dgr, mergan"]
     assert not work.exists() and not (tmp_path / "exp").exists() and not (tmp_path / "data").exists()

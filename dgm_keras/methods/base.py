@@ -11,7 +11,7 @@ from typing import Callable
 
 import keras
 
-from dgm_keras import config, data
+from dgm_keras import config, data, networks
 
 
 HyperParams = config.HyperParams
@@ -50,6 +50,12 @@ class ContinualMethod:
     def sample(self, labels, seed: int):
         """Generated images of the given seen classes (methods with a generator only)."""
         raise NotImplementedError(f"{self.name} has no generator")
+
+    def parameter_counts(self) -> dict:
+        """Trainable weights of what is evaluated (classifier) and of the generator (0 if none)."""
+        gen = self.generator()
+        return {"classifier": networks.count_weights(self.classifier_model()),
+                "generator": 0 if gen is None else networks.count_weights(gen)}
 
     def report(self) -> dict:
         """Method-specific figures for results.json (sizes, mask usage)."""
