@@ -9,6 +9,7 @@ import os
 IMAGE_SIZE = 32
 METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
 MERGAN_MODES = ("jtr", "ra")
+STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ class HyperParams:
     grad_clip_norm: float = 1e4
     # Regularisation baselines (ewc, si, rwalk); memory_per_class > 0 makes them the "-M" variants.
     memory_per_class: int = 0  # real images kept per past class and replayed with the current task
-    ewc_lambda: float = 1000.0  # EWC penalty strength
+    ewc_lambda: float = 1e6  # EWC penalty strength (the one-class-a-task Fisher is ~1e-13: docs/RESULTS.md)
     ewc_gamma: float = 1.0  # online EWC: decay of the accumulated Fisher at each new task
     si_c: float = 1.0  # SI penalty strength
     si_xi: float = 1e-3  # SI damping of the importance's denominator

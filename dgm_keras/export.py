@@ -25,14 +25,22 @@ from dgm_keras import data
 
 
 def _write_version(archive: keras.export.ExportArchive, model_dir: str, version: int) -> str:
+    """Writes under a temporary name, then renames: a server only ever lists complete versions
+    (it skips names that are not numbers). A failed write leaves nothing behind, and so does
+    the next write after a killed one (one writer per model dir: the run that owns it)."""
     os.makedirs(model_dir, exist_ok=True)
+    for name in os.listdir(model_dir):  # left by a writer killed half-way
+        if name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
     final = os.path.join(model_dir, str(version))
     tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    archive.write_out(tmp, verbose=False)
+    try:
+        archive.write_out(tmp, verbose=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(final):  # re-exporting the same task (a rerun): replace it whole
-        old = final + f".old-{os.getpid()}"
+        old = os.path.join(model_dir, f".old-{version}-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old)
@@ -41,20 +49,38 @@ def _write_version(archive: keras.export.ExportArchive, model_dir: str, version:
     return final
 
 
+def _assert_shape(images, pattern: str, expected: str):
+    """Checks the shape the request really has: neither the signature's wrapper nor TF Serving
+    checks it against the declared one. Compared as text ("1,28,28,1") so that a wrong rank
+    fails here too, not with a shape mismatch inside the comparison."""
+    shape = tf.shape(images)
+    text = tf.strings.reduce_join(tf.strings.as_string(shape), separator=",")
+    return tf.debugging.Assert(tf.strings.regex_full_match(text, pattern),
+                               [f"images: shape must be {expected}; got", shape], summarize=8)
+
+
 def _check_images(images, channels: int):
     """Rejects requests that would give a silent wrong answer (or a deep TensorFlow error)."""
     size = data.IMAGE_SIZE
-    checks = [
-        tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, channels]),
-                                  message=f"images: shape must be [N, {size}, {size}, {channels}]"),
-        tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch; send at least one image"),
-        tf.debugging.assert_all_finite(images, "images: NaN or Inf pixels; send finite values in [-1, 1]"),
-        tf.debugging.assert_greater_equal(tf.reduce_min(images), -1.001,
-                                          message="images: pixels below -1; scale uint8 x as x / 127.5 - 1"),
-        tf.debugging.assert_less_equal(tf.reduce_max(images), 1.001,
-                                       message="images: pixels above 1; scale uint8 x as x / 127.5 - 1"),
-    ]
+    with tf.control_dependencies([_assert_shape(images, rf"\d+,{size},{size},{channels}",
+                                                f"[N, {size}, {size}, {channels}]")]):
+        checks = [
+            tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch; send at least one image"),
+            tf.debugging.assert_all_finite(images, "images: NaN or Inf pixels; send finite values in [-1, 1]"),
+            tf.debugging.assert_greater_equal(tf.reduce_min(images), -1.001,
+                                              message="images: pixels below -1; scale uint8 x as x / 127.5 - 1"),
+            tf.debugging.assert_less_equal(tf.reduce_max(images), 1.001,
+                                           message="images: pixels above 1; scale uint8 x as x / 127.5 - 1"),
+        ]
     with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def _check_raw_images(images, channels: int):
+    """The uint8 signature's shape check, before resizing (which fails obscurely on a wrong rank
+    or a size of 0); the float checks after it catch the rest."""
+    with tf.control_dependencies([_assert_shape(images, rf"\d+,[1-9]\d*,[1-9]\d*,{channels}",
+                                                f"[N, H, W, {channels}] with H, W > 0")]):
         return tf.identity(images)
 
 
@@ -73,8 +99,7 @@ def export_classifier(model, classify, scenario: data.Scenario, task: int, chann
         tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, channels], tf.float32, name="images")])
 
     def outputs_uint8(images):
-        tf.debugging.assert_greater(tf.shape(images)[0], 0, message="images: empty batch")
-        return outputs(data.preprocess_images(images))
+        return outputs(data.preprocess_images(_check_raw_images(images, channels)))
 
     archive.add_endpoint("serving_uint8", tf.function(outputs_uint8), input_signature=[
         tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")])

@@ -1,4 +1,5 @@
-"""The networks: DGM's masked conditional generator and the two-headed discriminator.
+"""The networks: DGM's masked conditional generator, the plain generator of the
+generative-replay baselines, and the two-headed discriminator.
 
 Both are rebuilt, never mutated, when they grow (``expansion.py``): a Keras layer that is
 already built cannot take new state.
@@ -23,6 +24,12 @@ NORMS = {"batch": layers.BatchNormalization, "layer": lambda name: layers.LayerN
 def count_weights(model: keras.Model) -> int:
     """Trainable weights, without DGM's mask embeddings (a past task keeps its masks as bits)."""
     return int(sum(math.prod(v.shape) for v in model.trainable_variables if "mask_embedding" not in v.path))
+
+
+def write_label(z, labels, num_classes: int):
+    """Writes the one-hot label into the first ``num_classes`` entries of z (the reference's conditioning)."""
+    onehot = ops.one_hot(labels, num_classes, dtype=z.dtype)
+    return ops.concatenate([onehot, z[:, num_classes:]], axis=-1)
 
 
 class Generator(keras.Model):
@@ -59,9 +66,7 @@ class Generator(keras.Model):
                              for t in range(num_past_tasks + 1)]
 
     def latent(self, z, labels):
-        """Writes the one-hot label into the first ``num_classes`` entries of z."""
-        onehot = ops.one_hot(labels, self.num_classes, dtype=z.dtype)
-        return ops.concatenate([onehot, z[:, self.num_classes:]], axis=-1)
+        return write_label(z, labels, self.num_classes)
 
     def call(self, z, labels, s=1.0, task=None, training=False):
         """``task=None`` trains/uses the current task (the last head); an int uses that past task."""
@@ -89,6 +94,45 @@ class Generator(keras.Model):
         return dict(widths=self.widths, num_classes=self.num_classes, channels=self.channels,
                     mask_mode=self.mask_mode, num_past_tasks=self.num_past_tasks,
                     head_widths=self.head_widths, nz=self.nz, mask_init=self.mask_init, name=self.name)
+
+
+class PlainGenerator(keras.Model):
+    """``Generator``'s architecture without masks, task heads or growth: three transposed
+    convs, a batch norm and the tanh output layer. The generator of the generative-replay
+    baselines (DGR: unconditional, ``num_classes=0``; MeRGAN: conditional like DGM's), so
+    that they differ from DGM only in how the memory is kept, not in the network.
+
+    ``call`` takes (and ignores) ``task`` so that it serves ``export.export_generator``:
+    one generator holds every task.
+    """
+
+    def __init__(self, widths, num_classes: int, channels: int, nz: int = NZ, **kwargs):
+        super().__init__(**kwargs)
+        self.widths, self.num_classes, self.channels, self.nz = tuple(int(w) for w in widths), int(num_classes), channels, nz
+        self.body = [layers.Conv2DTranspose(self.widths[0], 4, 1, "valid", name="convt_0"),
+                     layers.Conv2DTranspose(self.widths[1], 4, 2, "same", name="convt_1"),
+                     layers.Conv2DTranspose(self.widths[2], 4, 2, "same", name="convt_2")]
+        self.norm = layers.BatchNormalization(name="bn")
+        self.out = layers.Conv2DTranspose(channels, 4, 2, "same", activation="tanh", name="out")
+
+    def call(self, z, labels=None, task=None, training=False):
+        del task
+        x = write_label(z, labels, self.num_classes) if self.num_classes else z
+        x = ops.reshape(x, (-1, 1, 1, self.nz))
+        for layer in self.body:
+            x = ops.relu(layer(x))
+        return self.out(ops.relu(self.norm(x, training=training)))
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def build_all(self):
+        self(ops.zeros((2, self.nz)), ops.zeros((2,), dtype="int32"))
+        return self
+
+    def get_config(self):
+        return dict(widths=self.widths, num_classes=self.num_classes, channels=self.channels, nz=self.nz,
+                    name=self.name)
 
 
 class Discriminator(keras.Model):
@@ -120,6 +164,13 @@ class Discriminator(keras.Model):
 
     def classify(self, x, training=False):
         return self.classifier(self.features(x, training))
+
+    def head_variables(self, head: str) -> list:
+        """Trainable variables of the trunk and one head ("critic" or "classifier"): what a
+        network used through that head alone trains (the other head gets no gradient)."""
+        other = {"critic": self.classifier, "classifier": self.critic}[head]
+        skip = {id(v) for v in other.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in skip]
 
     def build(self, *args, **kwargs):
         self.built = True

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import data, evaluation, export, monitoring
+from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring
 from dgm_keras.methods import base, make_method
 
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "absl-py", "numpy")
@@ -35,6 +35,8 @@ class RunConfig:
     hp: base.HyperParams
     flags: dict  # every flag as given, for results.json
     samples_per_class: int = 8
+    checkpoint_every: int = 200  # steps between checkpoints within a task; 0: only at task ends
+    strategy: str = "default"  # config.STRATEGIES; not part of a run's identity: a run may resume under another
 
 
 def package_versions() -> dict:
@@ -57,7 +59,56 @@ def atomic_write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _is_complete(results_path: str) -> bool:
+    try:
+        with open(results_path) as f:
+            return bool(json.load(f).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or Inf loss: the run stops; the last good checkpoint stays as it was."""
+
+
+def run_identity(cfg: RunConfig) -> dict:
+    """What a checkpoint must agree on to be resumed by this run (not paths, not XLA)."""
+    hp = {k: v for k, v in dataclasses.asdict(cfg.hp).items() if k != "jit_compile"}
+    return {"dataset": cfg.dataset, "method": cfg.method, "classes_per_task": cfg.classes_per_task,
+            "class_order": cfg.class_order, "validation_fraction": cfg.validation_fraction, **hp}
+
+
+def fresh_results(cfg: RunConfig, scenario, splits) -> dict:
+    return {
+        "complete": False, "method": cfg.method, "scenario": scenario.to_dict(), "flags": cfg.flags,
+        "hyperparameters": dataclasses.asdict(cfg.hp), "versions": package_versions(),
+        "counts": {"train": len(splits.train.labels), "test": len(splits.test.labels),
+                   "validation": 0 if splits.validation is None else len(splits.validation.labels)},
+        "accuracy_matrix": [], "A_t": [], "per_class_accuracy": [],
+        "accuracy_matrix_selected": [], "A_t_selected": [],
+        "task_seconds": [], "checkpoint_seconds": [], "exports": [], "resumed_at": [],
+    }
+
+
 def run(cfg: RunConfig, log=print) -> dict:
+    """The task loop. Rerunning the same command after a kill resumes from ``<workdir>/checkpoints``.
+
+    All of it runs in ``cfg.strategy``'s scope, so that every network, trainer and optimizer the
+    method makes (at its start and at each task's) holds distributed variables. The strategy is
+    made first: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything."""
+    with distribution.make_strategy(cfg.strategy).scope():
+        return _run_tasks(cfg, log)
+
+
+def _run_tasks(cfg: RunConfig, log) -> dict:
+    ckpts = checkpointing.RunCheckpoints(cfg.workdir, run_identity(cfg))
+    state = ckpts.load()  # before anything is written: a foreign or corrupt checkpoint stops here
+    results_path = os.path.join(cfg.workdir, "results.json")
+    if state and state.get("complete"):
+        if not _is_complete(results_path):  # killed between the last checkpoint and results.json
+            atomic_write_json(results_path, state["results"])
+        log(f"{cfg.workdir} holds a complete run; results: {results_path}")
+        return state["results"]
     data.ensure_prepared(cfg.dataset, cfg.data_dir)
     names = data.label_names(cfg.dataset, cfg.data_dir)
     scenario = data.make_scenario(cfg.dataset, cfg.classes_per_task, cfg.class_order, cfg.hp.seed, names)
@@ -68,31 +119,66 @@ def run(cfg: RunConfig, log=print) -> dict:
     writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tb"))
     export_root = os.path.join(cfg.export_dir, cfg.run_name)
 
-    results = {
-        "complete": False, "method": cfg.method, "scenario": scenario.to_dict(), "flags": cfg.flags,
-        "hyperparameters": dataclasses.asdict(cfg.hp), "versions": package_versions(),
-        "counts": {"train": len(splits.train.labels), "test": len(splits.test.labels),
-                   "validation": 0 if splits.validation is None else len(splits.validation.labels)},
-        "accuracy_matrix": [], "A_t": [], "per_class_accuracy": [],
-        "accuracy_matrix_selected": [], "A_t_selected": [],
-        "task_seconds": [], "exports": [],
-    }
-    results_path = os.path.join(cfg.workdir, "results.json")
-    step = 0
-    for task in range(scenario.num_tasks):
-        train = splits.train.of_classes(scenario.task_classes(task))
+    def task_data(task):
+        return splits.train.of_classes(scenario.task_classes(task))
+
+    def lasting():
+        return {**method.trackables(), "keras_global_seed": checkpointing.global_seed_state()}
+
+    results = fresh_results(cfg, scenario, splits)
+    first_task = 0
+    resume = None  # the step checkpoint to resume within ``first_task``
+    if state:
+        if state["task_done"] >= 0:
+            method.set_state(state["method_state"], task_data)
+            ckpts.restore(lasting(), state["task_checkpoint"])
+            results = state["results"]
+        first_task = state["task_done"] + 1
+        resume = state["step"] if state["step"] and state["step"]["task"] == first_task else None
+        where = f"task {first_task + 1}" + (f", step {resume['step']}" if resume else "")
+        results["resumed_at"].append(where)
+        log(f"resuming {cfg.workdir} at {where}")
+
+    step = 0  # run-wide step axis of the TensorBoard losses
+    for task in range(first_task):
+        epochs, steps = method.steps_for(len(task_data(task).labels))
+        step += epochs * steps
+    for task in range(first_task, scenario.num_tasks):
+        train = task_data(task)
         start = time.time()
+        ckpt_before = ckpts.seconds
         method.begin_task(task, train)
-        callbacks = [monitoring.LossLogger(writer, step)]
+        epochs, steps = method.task_steps(train)
         selector = None
         if splits.validation is not None:
             selector = monitoring.ValidationSelector(method.classifier, splits.validation, splits.test, scenario, task)
-            callbacks.append(selector)
-        losses = method.train_task(task, train, callbacks)
-        epochs, steps = method.steps_for(len(train.labels))
+        start_step, earlier_seconds = 0, 0.0
+        if resume is not None:
+            ckpts.restore({**lasting(), **method.step_trackables()}, resume["checkpoint"])
+            start_step, earlier_seconds = resume["step"], resume["seconds"]
+            if selector is not None and resume["selector"] is not None:
+                selector.best_val, selector.best = resume["selector"]
+            resume = None
+
+        def save_step(at, task=task, start=start, earlier=earlier_seconds, selector=selector):
+            ckpts.save_step(task, at, {**lasting(), **method.step_trackables()}, {
+                "seconds": earlier + time.time() - start,
+                "selector": None if selector is None or selector.best is None else [selector.best_val, selector.best]})
+
+        callbacks = [monitoring.LossLogger(writer, step + start_step)]
+        callbacks += [selector] if selector is not None else []
+        callbacks.append(checkpointing.StepCheckpointer(cfg.checkpoint_every, save_step, start_step, steps, epochs * steps))
+        try:
+            losses = method.train_task(task, train, callbacks, start_step=start_step)
+        except checkpointing.NonFiniteLoss as err:
+            kept = ckpts.state["step"] or {}
+            last = (f"task {kept['task'] + 1} step {kept['step']}" if kept else
+                    f"end of task {ckpts.state['task_done'] + 1}" if ckpts.state["task_done"] >= 0 else "none yet")
+            raise TrainingDiverged(f"task {task + 1}: {err}; the run stopped and its last good checkpoint ({last}) "
+                                   f"is kept in {ckpts.directory}; lower the learning rates or check the data") from None
         step += epochs * steps
         method.end_task(task)
-        results["task_seconds"].append(round(time.time() - start, 2))
+        results["task_seconds"].append(round(earlier_seconds + time.time() - start, 2))
 
         strict = evaluation.evaluate_after_task(method.classifier(), splits.test, scenario, task)
         selected = selector.best if selector is not None and selector.best is not None else strict
@@ -119,12 +205,14 @@ def run(cfg: RunConfig, log=print) -> dict:
         results["exports"].append(exported)
         monitoring.log_task(writer, task, strict["accuracy"], results["accuracy_matrix"], results["method_report"],
                             samples, cfg.samples_per_class, results["method_report"].get("reserved_fraction_last"))
+        results["complete"] = task == scenario.num_tasks - 1
+        results["checkpoint_seconds"].append(round(ckpts.seconds - ckpt_before, 2))
+        ckpts.save_task(task, lasting(), method.state(), results)
+        results["checkpoint_seconds"][-1] = round(ckpts.seconds - ckpt_before, 2)  # with the task-end save
         atomic_write_json(results_path, results)
         log(f"task {task + 1}/{scenario.num_tasks}: A_{scenario.seen_classes(task)} = {100 * strict['accuracy']:.2f} "
             f"(selected {100 * selected['accuracy']:.2f}) in {results['task_seconds'][-1]:.1f} s")
 
-    results["complete"] = True
-    atomic_write_json(results_path, results)
     log(evaluation.format_table(results["accuracy_matrix"], results["A_t"], "Accuracy (%), strict: the model as each task ends"))
     log(evaluation.format_table(results["accuracy_matrix_selected"], results["A_t_selected"],
                                 "Accuracy (%), selected: best epoch on real validation data of seen classes"))

@@ -26,12 +26,16 @@ flags.DEFINE_string("class_order", "natural", "natural, or permuted (by --seed).
 flags.DEFINE_float("validation_fraction", 0.15, "Share of train held out as validation (whole percent).")
 flags.DEFINE_integer("epochs_per_task", 3, "Passes over a task's real training data.")
 flags.DEFINE_integer("steps_per_task", 0, "If > 0, iterations per task instead of epochs.")
-flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
+flags.DEFINE_integer("batch_size", 64, "Real images per iteration: the global batch, split across replicas under --strategy.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs (tb/), results.json; default runs/<run_name>.")
 flags.DEFINE_string("export_dir", "savedmodels", "SavedModels land in <export_dir>/<run_name>/{classifier,generator}/<task>.")
 flags.DEFINE_string("run_name", None, "Default <dataset>_<method>_<classes_per_task>cpt_seed<seed>.")
 flags.DEFINE_integer("seed", 0, "Seeds weights, sampling, shuffling and a permuted class order.")
+flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints within a task (0: only at task ends); rerunning the same command resumes.")
+flags.DEFINE_string("strategy", "default", "default (one device), mirrored (the local GPUs, or --cpu_replicas), "
+                    "multiworker (MultiWorkerMirroredStrategy; the cluster from TF_CONFIG).")
+flags.DEFINE_integer("cpu_replicas", 0, "If > 0, split the CPU into this many logical devices (mirrored without GPUs, for trying it out).")
 flags.DEFINE_string("jit_compile", "auto", "XLA for the train step: auto (on with a GPU, off on CPU), true, false.")
 flags.DEFINE_integer("ngf", None, "Generator width (4ngf-2ngf-ngf); default 6 for dgmw, 20 for dgma.")
 flags.DEFINE_float("g_lr", 2e-3, "Generator Adam learning rate.")
@@ -62,7 +66,9 @@ flags.DEFINE_float("alignment_weight", _HP.alignment_weight, "MeRGAN-RA: weight 
 # sparsity_weight for dgmw: 100x the reference code's 0.08, which at our short budgets and
 # with Adam left ~95% of free weights reserved per task (docs/RESULTS.md).
 METHOD_DEFAULTS = {"dgmw": dict(ngf=6, sparsity_weight=8.0, s_max=1e4),
-                   "dgma": dict(ngf=20, sparsity_weight=0.01, s_max=1e5)}
+                   "dgma": dict(ngf=20, sparsity_weight=0.01, s_max=1e5),
+                   # No growth: a width whose generator matches the size DGMw's reaches (docs/RESULTS.md).
+                   "dgr": dict(ngf=30, sparsity_weight=8.0, s_max=1e4), "mergan": dict(ngf=30, sparsity_weight=8.0, s_max=1e4)}
 
 
 class FlagError(ValueError):
@@ -82,6 +88,10 @@ def check_flags(values: dict) -> None:
         bad("class_order", "natural, permuted")
     if values["d_norm"] not in ("layer", "batch"):
         bad("d_norm", "layer, batch")
+    if values["strategy"] not in config.STRATEGIES:
+        bad("strategy", ", ".join(config.STRATEGIES))
+    if values["cpu_replicas"] < 0:
+        bad("cpu_replicas", "0 or a positive integer")
     if values["jit_compile"] not in ("auto", "true", "false"):
         bad("jit_compile", "auto, true, false")
     if values["mergan_mode"] not in config.MERGAN_MODES:
@@ -99,7 +109,7 @@ def check_flags(values: dict) -> None:
     for name in ("classes_per_task", "epochs_per_task", "batch_size", "replay_batch_size"):
         if values[name] <= 0:
             bad(name, "a positive integer")
-    for name in ("steps_per_task", "replay_per_class"):
+    for name in ("steps_per_task", "replay_per_class", "checkpoint_every"):
         if values[name] < 0:
             bad(name, "0 or a positive integer")
     for name in ("ngf",):
@@ -165,11 +175,11 @@ def use_xla(setting: str) -> bool:
 
 
 FLAG_NAMES = ("dataset", "method", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
-              "steps_per_task", "batch_size", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
+              "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "icarl_memory", "mergan_mode",
-              "alignment_weight")
+              "alignment_weight", "strategy", "cpu_replicas")
 
 
 def main(argv):
@@ -187,7 +197,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
 
-    from dgm_keras import data, runner  # noqa: PLC0415
+    from dgm_keras import checkpointing, data, distribution, runner  # noqa: PLC0415
+
+    if values["cpu_replicas"]:
+        distribution.use_cpu_replicas(values["cpu_replicas"])  # before anything initialises the devices
 
     keras.utils.set_random_seed(values["seed"])
     hp = config.HyperParams(**{f.name: values[f.name] for f in dataclasses.fields(config.HyperParams)
@@ -197,10 +210,11 @@ def main(argv):
         dataset=values["dataset"], method=values["method"], classes_per_task=values["classes_per_task"],
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],
         data_dir=values["data_dir"], workdir=values["workdir"], export_dir=values["export_dir"],
-        run_name=values["run_name"], hp=hp, flags=values)
+        run_name=values["run_name"], hp=hp, flags=values, checkpoint_every=values["checkpoint_every"],
+        strategy=values["strategy"])
     try:
         runner.run(cfg)
-    except data.DataError as err:
+    except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged) as err:
         sys.exit(f"train: {err}")
 
 

@@ -28,3 +28,19 @@ def mnist_scenario_data(mnist_dir):
 
     scenario = data.make_scenario("mnist", 1, class_names=data.label_names("mnist", mnist_dir))
     return data.load_scenario_data(scenario, mnist_dir, 0.15)
+
+
+@pytest.fixture(scope="session")
+def exported_classifier(tmp_path_factory):
+    """A discriminator after two tasks of two MNIST classes (4 outputs, untrained), exported as
+    classifier version 2 of a fresh model dir: what the export and serving tests load (a test
+    that adds versions exports into a folder of its own)."""
+    import types
+
+    from dgm_keras import data, export, networks
+
+    scenario = data.make_scenario("mnist", 2, class_names=[f"digit{i}" for i in range(10)])
+    model = networks.Discriminator(4, name="discriminator").build_all(1)
+    model_dir = str(tmp_path_factory.mktemp("exports") / "classifier")
+    path = export.export_classifier(model, model.classify, scenario, 1, 1, model_dir)
+    return types.SimpleNamespace(model=model, scenario=scenario, model_dir=model_dir, path=path)

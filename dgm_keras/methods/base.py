@@ -1,8 +1,8 @@
 """The small interface every continual-learning method implements.
 
-The runner (``dgm_keras.runner``) owns the scenario, evaluation, logging and exports; a
-method owns its networks and how a task is learned. Adding a method is one module here,
-registered in ``methods/__init__.py``, plus its flagfiles.
+The runner (``dgm_keras.runner``) owns the scenario, evaluation, logging, checkpoints and
+exports; a method owns its networks and how a task is learned. Adding a method is one module
+here, registered in ``methods/__init__.py``, plus its flagfiles.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import tensorflow as tf
 
 from dgm_keras import config, data, networks
 
@@ -17,10 +18,38 @@ from dgm_keras import config, data, networks
 HyperParams = config.HyperParams
 
 
+def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset], epochs: int, steps: int,
+              callbacks: list[keras.callbacks.Callback], start_step: int = 0) -> dict:
+    """Runs steps ``start_step`` .. ``epochs * steps`` of a task on the repeated stream ``make_dataset()``.
+
+    With ``steps_per_epoch`` set, Keras keeps one iterator across epochs, so step k of a task
+    always sees batch k of the stream; skipping ``start_step`` batches makes a resumed task
+    see exactly the batches an uninterrupted one would. A partial first epoch is its own
+    ``fit`` call so that epoch ends (where validation selection scores) stay where they were.
+    Each call gets a newly made dataset: a second iterator over the same one would reshuffle
+    differently from the uninterrupted stream.
+    """
+    epoch, into = divmod(start_step, steps)
+    history = None
+    if into:
+        history = trainer.fit(make_dataset().skip(start_step), initial_epoch=epoch, epochs=epoch + 1,
+                              steps_per_epoch=steps - into, callbacks=callbacks, verbose=0, shuffle=False)
+        epoch += 1
+    if epoch < epochs:
+        history = trainer.fit(make_dataset().skip(epoch * steps), initial_epoch=epoch, epochs=epochs,
+                              steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+    return {} if history is None else {k: float(v[-1]) for k, v in history.history.items()}
+
+
 class ContinualMethod:
-    """begin_task -> train_task -> end_task, once per task; ``classifier`` is what is evaluated."""
+    """begin_task -> train_task -> end_task, once per task; ``classifier`` is what is evaluated.
+
+    Methods whose task is one ``fit`` of ``self.trainer`` on ``self.pipeline(...)`` need not
+    override ``train_task``; resuming mid-task then works through ``fit_steps``.
+    """
 
     name = "base"
+    trainer: keras.Model | None = None
 
     def __init__(self, scenario: data.Scenario, channels: int, hp: HyperParams):
         self.scenario, self.channels, self.hp = scenario, channels, hp
@@ -28,16 +57,25 @@ class ContinualMethod:
     def begin_task(self, task: int, train: data.SplitArrays) -> None:
         raise NotImplementedError
 
-    def train_task(self, task: int, train: data.SplitArrays, callbacks: list[keras.callbacks.Callback]) -> dict:
-        """Learns the task; returns the last logged losses."""
+    def pipeline(self, task: int, train: data.SplitArrays) -> tf.data.Dataset:
+        """The task's repeated, seeded batch stream that ``trainer.train_step`` consumes."""
         raise NotImplementedError
+
+    def train_task(self, task: int, train: data.SplitArrays, callbacks: list[keras.callbacks.Callback],
+                   start_step: int = 0) -> dict:
+        """Learns the task (from step ``start_step`` when resuming); returns the last logged losses."""
+        epochs, steps = self.task_steps(train)
+        return fit_steps(self.trainer, lambda: self.pipeline(task, train), epochs, steps, callbacks, start_step)
 
     def end_task(self, task: int) -> None:
         raise NotImplementedError
 
     def classifier(self) -> Callable:
-        """images float32 [N, 32, 32, C] in [-1, 1] -> logits over the classes seen so far."""
-        raise NotImplementedError
+        """images float32 [N, 32, 32, C] in [-1, 1] -> logits over the classes seen so far.
+
+        By default the shared backbone's classifier head, ``classifier_model().classify``."""
+        model = self.classifier_model()
+        return lambda images: model.classify(images, training=False)
 
     def classifier_model(self) -> keras.Model:
         """The Keras object whose variables the exported classifier carries."""
@@ -51,6 +89,28 @@ class ContinualMethod:
         """Generated images of the given seen classes (methods with a generator only)."""
         raise NotImplementedError(f"{self.name} has no generator")
 
+    # -- checkpoints (dgm_keras/checkpointing.py)
+    def state(self) -> dict:
+        """JSON: what ``set_state`` needs to rebuild this method's objects with the shapes
+        they have after the last finished task, plus its bookkeeping for ``report``."""
+        return {}
+
+    def set_state(self, state: dict, task_data: Callable[[int], data.SplitArrays]) -> None:
+        """Rebuilds the objects ``state`` describes (variables are read in afterwards);
+        ``task_data(t)`` gives task t's training arrays, for methods that keep past data."""
+
+    def trackables(self) -> dict:
+        """Everything with lasting variables, after a task has ended."""
+        out = {"classifier": self.classifier_model()}
+        if self.generator() is not None:
+            out["generator"] = self.generator()
+        return out
+
+    def step_trackables(self) -> dict:
+        """Within a task: the lasting state plus the task's trainer (optimizer slots, step
+        counters, seed generators; ``checkpointing`` adds each model's variable list)."""
+        return {**self.trackables(), "trainer": self.trainer}
+
     def parameter_counts(self) -> dict:
         """Trainable weights of what is evaluated (classifier) and of the generator (0 if none)."""
         gen = self.generator()
@@ -60,6 +120,10 @@ class ContinualMethod:
     def report(self) -> dict:
         """Method-specific figures for results.json (sizes, mask usage)."""
         return {}
+
+    def task_steps(self, train: data.SplitArrays) -> tuple[int, int]:
+        """(epochs, steps per epoch) of the task whose real training images are ``train``."""
+        return self.steps_for(len(train.labels))
 
     def steps_for(self, num_examples: int) -> tuple[int, int]:
         """(epochs, steps per epoch) of a task with ``num_examples`` real training images."""

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, expansion, networks
+from dgm_keras import data, distribution, expansion, gan, networks
 from dgm_keras.methods import base
 
 
@@ -58,20 +58,20 @@ def protection_multipliers(generator: networks.Generator) -> dict[str, np.ndarra
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-class DGMTrainer(keras.Model):
+class DGMTrainer(gan.GANTrainer):
     """One task of DGM: ``fit`` on batches of real current-task images (zipped with replay)."""
+
+    LOSSES = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
+              "sparsity", "mask_scale", "mask_usage")
 
     def __init__(self, generator: networks.Generator, discriminator: networks.Discriminator,
                  task_classes: range, num_past_classes: int, total_steps: int, hp: base.HyperParams,
                  sparsity_weight: float, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(self.LOSSES, seed=hp.seed * 1000 + num_past_classes, **kwargs)
         self.generator, self.discriminator, self.hp = generator, discriminator, hp
         self.class_lo, self.class_hi = task_classes.start, task_classes.stop
         self.num_past_classes, self.total_steps = num_past_classes, total_steps
         self.sparsity_weight = sparsity_weight
-        self.task_step = keras.Variable(0, dtype="int64", trainable=False, name="task_step")
-        # Created here, not while tracing: it holds a state variable. A different stream per task.
-        self.seed_gen = keras.random.SeedGenerator(hp.seed * 1000 + num_past_classes)
         # Fixed for the whole task: what past tasks reserved, as constants of the step.
         self._protect = protection_multipliers(generator)
         self._free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
@@ -80,38 +80,20 @@ class DGMTrainer(keras.Model):
             f"task_out_{t}" for t in range(generator.num_past_tasks)}
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
-        names = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
-                 "sparsity", "mask_scale", "mask_usage")
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
-        self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.built = True  # no call() to trace: fit under a strategy would try to build one
+        self.ce = distribution.sparse_cross_entropy  # the replica's mean: the step scales it once
 
     @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def compile(self, g_optimizer, d_optimizer, jit_compile=False):
-        super().compile(jit_compile=jit_compile)
-        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        # Built here so that no optimizer variable is created inside the traced step.
-        g_optimizer.build(self.g_vars)
-        d_optimizer.build(self.discriminator.trainable_variables)
+    def d_vars(self):
+        return self.discriminator.trainable_variables
 
     # -- pieces of the step
     def sample_current(self, n):
-        z = keras.random.normal((n, self.generator.nz), seed=self.seed_gen)
-        y = keras.random.randint((n,), self.class_lo, self.class_hi, seed=self.seed_gen, dtype="int32")
+        """Latents and current-task labels of this replica's ``n`` rows (distribution.own_rows)."""
+        z = distribution.own_rows(lambda rows: keras.random.normal((rows, self.generator.nz), seed=self.seed_gen), n)
+        y = distribution.own_rows(lambda rows: keras.random.randint(
+            (rows,), self.class_lo, self.class_hi, seed=self.seed_gen, dtype="int32"), n)
         return z, y
-
-    def gradient_penalty(self, real, fake):
-        """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on random interpolates of real and fake images."""
-        eps = keras.random.uniform((ops.shape(real)[0], 1, 1, 1), seed=self.seed_gen)
-        x_hat = eps * real + (1.0 - eps) * fake
-        with tf.GradientTape() as tape:
-            tape.watch(x_hat)
-            critic, _ = self.discriminator(x_hat, training=True)
-        grads = tape.gradient(critic, x_hat)
-        norm = ops.sqrt(ops.sum(ops.square(grads), axis=(1, 2, 3)) + 1e-12)
-        return ops.mean(ops.square(norm - 1.0))
 
     def sparsity(self, s):
         """R_t = sum m_t (1 - M_<t) / sum (1 - M_<t): using free capacity costs, re-use is free."""
@@ -127,17 +109,11 @@ class DGMTrainer(keras.Model):
         s = mask_scale(self.task_step, self.total_steps, self.hp.s_max)
         values = self.critic_step(batch, s)
         values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
-        self.task_step.assign_add(1)
-        for k, v in values.items():
-            self.trackers[k].update_state(v)
-        return {k: t.result() for k, t in self.trackers.items()}
+        return self.record(values)
 
     def critic_step(self, batch, s):
         """WGAN-GP on the current task, plus the classifier on real and replayed images."""
-        if self.num_past_classes:
-            (real_x, real_y), (replay_x, replay_y) = batch
-        else:
-            real_x, real_y = batch
+        real_x, real_y, replay_x, replay_y = gan.split_batch(batch, self.num_past_classes > 0)
         n = ops.shape(real_x)[0]
         seen = self.class_hi - self.class_lo + self.num_past_classes
         z, y = self.sample_current(n)
@@ -147,19 +123,13 @@ class DGMTrainer(keras.Model):
                 ops.concatenate([real_x, replay_x], 0) if self.num_past_classes else real_x, training=True)
             critic_fake, _ = self.discriminator(fake, training=True)
             wasserstein = ops.mean(critic_real[:n]) - ops.mean(critic_fake)
-            gp = self.gradient_penalty(real_x, fake)
-            cls_loss = self.ce(real_y, logits[:n])
-            # Balanced: each seen class weighs the same, however many images of it the batch holds.
-            current_share = (self.class_hi - self.class_lo) / seen
-            total_cls = current_share * cls_loss
-            if self.num_past_classes:
-                replay_loss = self.ce(replay_y, logits[n:])
-                total_cls += (1.0 - current_share) * replay_loss
-            else:
-                replay_loss = ops.zeros(())
+            gp = gan.gradient_penalty(lambda x: self.discriminator(x, training=True)[0], real_x, fake, self.seed_gen)
+            total_cls, cls_loss, replay_loss = gan.balanced_cls_loss(
+                self.ce, logits, real_y, replay_y, (self.class_hi - self.class_lo) / seen)
             d_loss = -wasserstein + self.hp.gp_weight * gp + total_cls
+            scaled = distribution.scale_loss(d_loss)
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+        self.d_optimizer.apply(tape.gradient(scaled, d_vars), d_vars)
         return dict(d_loss=d_loss, wasserstein=wasserstein, gradient_penalty=gp, cls_loss=cls_loss,
                     replay_cls_loss=replay_loss, real_x=real_x)
 
@@ -173,7 +143,8 @@ class DGMTrainer(keras.Model):
             g_loss = -ops.mean(critic_fake) + self.sparsity_weight * reg
             if self.hp.ac_weight:
                 g_loss += self.hp.ac_weight * self.ce(y, fake_logits)
-        grads = tape.gradient(g_loss, self.g_vars)
+            scaled = distribution.scale_loss(g_loss)  # the shared sparsity term too: its gradients are summed
+        grads = tape.gradient(scaled, self.g_vars)
         grads = [self.shape_generator_grad(v, g, s) for v, g in zip(self.g_vars, grads)]
         grads, _ = tf.clip_by_global_norm(grads, self.hp.grad_clip_norm)
         self.g_optimizer.apply(grads, self.g_vars)
@@ -240,31 +211,17 @@ class DGM(base.ContinualMethod):
             self.disc = networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
         else:
             self.disc = expansion.grow_discriminator(self.disc, seen, self.channels, fresh=self.hp.reinit_discriminator)
-        per_class = self.hp.replay_per_class or max(1, len(train.labels) // self.scenario.classes_per_task)
+        per_class = gan.replay_per_class(self.hp, train, self.scenario.classes_per_task)
         self.replay = self.replay_arrays(task, per_class) if task else None
         self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
-        epochs, steps = self.steps_for(len(train.labels))
+        epochs, steps = self.task_steps(train)
         weight = self.hp.sparsity_weight * expansion.generator_size(self.gen) / self.initial_size
         self.trainer = DGMTrainer(self.gen, self.disc, self.scenario.task_classes(task),
                                   task * self.scenario.classes_per_task, epochs * steps, self.hp, weight)
-        adam = dict(beta_1=self.hp.beta_1, beta_2=self.hp.beta_2)
-        self.trainer.compile(keras.optimizers.Adam(self.hp.g_lr, **adam), keras.optimizers.Adam(self.hp.d_lr, **adam),
-                             jit_compile=self.hp.jit_compile)
+        self.trainer.compile(*gan.optimizers(self.hp), jit_compile=self.hp.jit_compile)
 
     def pipeline(self, task, train) -> tf.data.Dataset:
-        real = data.make_pipeline(train, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
-                                  drop_remainder=True).repeat()
-        if self.replay is None:
-            return real
-        replay = data.make_pipeline(self.replay, self.hp.replay_batch_size, shuffle=True,
-                                    seed=self.hp.seed + 1000 + task, drop_remainder=True).repeat()
-        return tf.data.Dataset.zip((real, replay))
-
-    def train_task(self, task, train, callbacks):
-        epochs, steps = self.steps_for(len(train.labels))
-        history = self.trainer.fit(self.pipeline(task, train), epochs=epochs, steps_per_epoch=steps,
-                                   callbacks=callbacks, verbose=0, shuffle=False)
-        return {k: float(v[-1]) for k, v in history.history.items()}
+        return gan.replay_pipeline(train, self.replay, self.hp, task)
 
     def end_task(self, task):
         # Kept as one uint8 (a boolean) per masked entry; as packed bits it would be an eighth.
@@ -276,15 +233,26 @@ class DGM(base.ContinualMethod):
             int(np.prod(m.shape[1:])) for m in layer.past_masks.values())) for layer in self.gen.masked_layers})
 
     # -- what is evaluated and exported
-    def classifier(self):
-        disc = self.disc
-        return lambda images: disc.classify(images, training=False)
-
     def classifier_model(self):
         return self.disc
 
     def generator(self):
         return self.gen
+
+    # -- checkpoints
+    def state(self):
+        return {"generator": {k: list(v) if isinstance(v, tuple) else v for k, v in self.gen.get_config().items()},
+                "discriminator_classes": None if self.disc is None else self.disc.num_classes,
+                "sizes": self.sizes, "mask_bytes": self.mask_bytes, "replay_counts": self.replay_counts,
+                "reserved_fraction": self.reserved_fraction}
+
+    def set_state(self, state, task_data):
+        self.gen = networks.Generator(**state["generator"]).build_all()
+        classes = state["discriminator_classes"]
+        self.disc = None if classes is None else networks.Discriminator(
+            classes, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.sizes, self.mask_bytes = list(state["sizes"]), list(state["mask_bytes"])
+        self.replay_counts, self.reserved_fraction = list(state["replay_counts"]), list(state["reserved_fraction"])
 
     def report(self):
         return {

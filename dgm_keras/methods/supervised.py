@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import data, expansion, networks
+from dgm_keras import data, distribution, expansion, networks
 from dgm_keras.methods import base
 
 
@@ -20,7 +20,8 @@ class ClassifierTrainer(keras.Model):
         self.discriminator = discriminator
         self.loss_tracker = keras.metrics.Mean(name="cls_loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
-        self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.ce = distribution.sparse_cross_entropy
+        self.built = True  # no call() to trace: fit under a strategy would try to build one
 
     @property
     def metrics(self):
@@ -29,15 +30,16 @@ class ClassifierTrainer(keras.Model):
     def compile(self, optimizer, jit_compile=False):
         super().compile(jit_compile=jit_compile)
         self.cls_optimizer = optimizer
-        optimizer.build(self.discriminator.trainable_variables)
+        optimizer.build(self.discriminator.head_variables("classifier"))
 
     def train_step(self, batch):
         x, y = batch
-        variables = self.discriminator.trainable_variables
+        variables = self.discriminator.head_variables("classifier")
         with tf.GradientTape() as tape:
             logits = self.discriminator.classify(x, training=True)
             loss = self.ce(y, logits)
-        self.cls_optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = distribution.scale_loss(loss)
+        self.cls_optimizer.apply(tape.gradient(scaled, variables), variables)
         self.loss_tracker.update_state(loss)
         self.accuracy.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
@@ -49,34 +51,37 @@ class Supervised(base.ContinualMethod):
         self.joint = joint
         self.name = "joint" if joint else "finetune"
         self.disc = None
-        self.seen: list[data.SplitArrays] = []
+        self.seen: list[data.SplitArrays] = []  # joint: every task's training data so far
 
     def begin_task(self, task, train):
         seen = self.scenario.seen_classes(task)
         self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels) if self.disc is None
                      else expansion.grow_discriminator(self.disc, seen, self.channels))
+        self.seen = [*self.seen, train] if self.joint else [train]
+        self.task_data = self.seen[0] if len(self.seen) == 1 else data.SplitArrays(
+            np.concatenate([s.images for s in self.seen]), np.concatenate([s.labels for s in self.seen]))
         self.trainer = ClassifierTrainer(self.disc)
         self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
                              jit_compile=self.hp.jit_compile)
 
-    def train_task(self, task, train, callbacks):
-        self.seen.append(train)
-        if self.joint:
-            train = data.SplitArrays(np.concatenate([s.images for s in self.seen]),
-                                     np.concatenate([s.labels for s in self.seen]))
-        epochs, steps = self.steps_for(len(train.labels))
-        ds = data.make_pipeline(train, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
-                                drop_remainder=True).repeat()
-        history = self.trainer.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
-        return {k: float(v[-1]) for k, v in history.history.items()}
+    def task_steps(self, train):
+        """Joint training's epoch covers everything seen so far (set by ``begin_task``)."""
+        return self.steps_for(len(self.task_data.labels))
+
+    def pipeline(self, task, train):
+        return data.make_pipeline(self.task_data, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
+                                  drop_remainder=True).repeat()
 
     def end_task(self, task):
-        if not self.joint:
-            self.seen.clear()
+        pass
 
-    def classifier(self):
-        disc = self.disc
-        return lambda images: disc.classify(images, training=False)
+    def state(self):
+        return {"classes": None if self.disc is None else self.disc.num_classes, "tasks_seen": len(self.seen)}
+
+    def set_state(self, state, task_data):
+        self.disc = None if state["classes"] is None else networks.Discriminator(
+            state["classes"], norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.seen = [task_data(t) for t in range(state["tasks_seen"])] if self.joint else []
 
     def classifier_model(self):
         return self.disc

@@ -1,0 +1,237 @@
+"""The paper's comparison table: every method on one scenario, one Markdown table.
+
+    python -m dgm_keras.benchmark --dataset=mnist --methods=all                  # 10 tasks x 1 class
+    python -m dgm_keras.benchmark --dataset=mnist --classes_per_task=2 --methods=all --epochs_per_task=1
+    python -m dgm_keras.benchmark --methods=finetune,ewc,ewc_m --out=/tmp/table.md
+
+Each entry runs as its own ``python -m dgm_keras.train`` process (its flagfile
+``flags/<dataset>_<entry>.cfg`` when there is one, then the scenario and budget flags given
+here, which win), so a crash in one method cannot take the others down and each process's
+wall time and peak memory (``os.wait4``'s ru_maxrss) are its own. Figures come from each
+run's results.json; the table is written atomically to ``--out`` and printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from dgm_keras import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    key: str  # --methods name; flags/<dataset>_<key>.cfg
+    label: str  # as in the paper's table
+    method: str  # --method
+    extra: tuple[str, ...] = ()  # flags when no flagfile exists for the dataset
+    # The paper's MNIST 10x1 figures (A5, A10) as METHOD.md gives them; None where it gives none.
+    paper_mnist: tuple[float | None, float | None] = (None, None)
+    paper_note: str = ""
+
+
+ENTRIES = (
+    Entry("joint", "JT (upper bound)", "joint", paper_mnist=(None, 99.24), paper_note="recalled"),
+    Entry("finetune", "Fine-tuning (lower bound)", "finetune"),
+    Entry("ewc", "EWC", "ewc"),
+    Entry("ewc_m", "EWC-M", "ewc", ("--memory_per_class=10",)),
+    Entry("si", "SI", "si"),
+    Entry("si_m", "SI-M", "si", ("--memory_per_class=10",)),
+    Entry("rwalk", "RWalk", "rwalk"),
+    Entry("rwalk_m", "RWalk-M", "rwalk", ("--memory_per_class=10",)),
+    Entry("icarl", "iCaRL", "icarl"),
+    Entry("dgr", "DGR", "dgr", paper_mnist=(None, 85.40), paper_note="recalled"),
+    Entry("mergan", "MeRGAN (JTR)", "mergan", ("--mergan_mode=jtr",), paper_mnist=(None, 97.00), paper_note="recalled"),
+    Entry("mergan_ra", "MeRGAN (RA)", "mergan", ("--mergan_mode=ra",)),
+    Entry("dgmw", "DGMw (ours)", "dgmw", paper_mnist=(98.75, 97.92), paper_note="A10 as indexed; A5 recalled"),
+    Entry("dgma", "DGMa (ours)", "dgma", paper_mnist=(99.17, None), paper_note="recalled"),
+)
+ENTRY_KEYS = tuple(e.key for e in ENTRIES)
+assert {e.method for e in ENTRIES} == set(config.METHOD_NAMES)
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("dataset", "mnist", f"One of: {', '.join(config.DATASETS)}.")
+    flags.DEFINE_integer("classes_per_task", 1, "1: the paper's 10x1 split; 2: the 5x2 split.")
+    flags.DEFINE_string("methods", "all", f"'all' or a comma list of: {', '.join(ENTRY_KEYS)}.")
+    flags.DEFINE_integer("epochs_per_task", 0, "If > 0, overrides every flagfile's epochs per task (the table's budget).")
+    flags.DEFINE_integer("steps_per_task", 0, "If > 0, iterations per task instead of epochs.")
+    flags.DEFINE_integer("seed", 0, "Seed of every run.")
+    flags.DEFINE_string("workdir", "runs/benchmark", "Runs land in <workdir>/<dataset>_<split>/<entry>/.")
+    flags.DEFINE_string("out", None, "Markdown table path; default <workdir>/<dataset>_<split>.md.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir, passed to every run.")
+    flags.DEFINE_bool("rerun", False, "Rerun entries that already finished under --workdir (default: reuse them).")
+
+
+class BenchmarkError(ValueError):
+    pass
+
+
+def select_entries(spec: str) -> list[Entry]:
+    if spec == "all":
+        return list(ENTRIES)
+    keys = [k.strip() for k in spec.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ENTRY_KEYS]
+    if unknown or not keys:
+        raise BenchmarkError(f"--methods={spec!r} is not allowed; allowed: all, or a comma list of {', '.join(ENTRY_KEYS)}")
+    return [e for e in ENTRIES if e.key in keys]
+
+
+def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: str, opts: dict) -> list[str]:
+    flagfile = os.path.join(ROOT, "flags", f"{dataset}_{entry.key}.cfg")
+    cmd = [sys.executable, "-m", "dgm_keras.train"]
+    cmd += [f"--flagfile={flagfile}"] if os.path.exists(flagfile) else [f"--method={entry.method}", *entry.extra]
+    cmd += [f"--dataset={dataset}", f"--classes_per_task={classes_per_task}", f"--seed={opts['seed']}",
+            f"--workdir={run_dir}", f"--export_dir={os.path.join(run_dir, 'savedmodels')}", f"--run_name={entry.key}"]
+    if opts.get("epochs_per_task"):
+        cmd.append(f"--epochs_per_task={opts['epochs_per_task']}")
+    if opts.get("steps_per_task"):
+        cmd.append(f"--steps_per_task={opts['steps_per_task']}")
+    if opts.get("data_dir"):
+        cmd.append(f"--data_dir={opts['data_dir']}")
+    return cmd
+
+
+def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, log=print) -> dict:
+    """One method in its own process; its wall time, CPU time and peak resident memory.
+    A finished entry (its row saved beside its results) is reused unless ``rerun``."""
+    row_path = os.path.join(run_dir, "benchmark_row.json")
+    if not rerun and os.path.exists(row_path):
+        with open(row_path) as f:
+            row = json.load(f)
+        if row.get("exit") == 0 and row.get("command") == cmd[1:]:
+            with open(os.path.join(run_dir, "results.json")) as f:
+                row["results"] = json.load(f)
+            log(f"[{entry.key}] reused {run_dir}")
+            return row
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)  # a rerun starts clean, not from the old run's checkpoints
+    os.makedirs(run_dir, exist_ok=True)
+    log(f"[{entry.key}] {' '.join(cmd[1:])}")
+    start = time.time()
+    with open(os.path.join(run_dir, "train.log"), "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    row = {"key": entry.key, "command": cmd[1:], "wall_seconds": round(time.time() - start, 1),
+           "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),  # robust to other load on the machine
+           "peak_memory_mb": round(usage.ru_maxrss / 1024.0, 1), "exit": os.waitstatus_to_exitcode(status)}
+    results_path = os.path.join(run_dir, "results.json")
+    if row["exit"] == 0 and os.path.exists(results_path):
+        with open(results_path) as f:
+            row["results"] = json.load(f)
+    else:
+        with open(os.path.join(run_dir, "train.log")) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        row["error"] = lines[-1] if lines else "no output"
+    write_atomic(row_path, json.dumps({k: v for k, v in row.items() if k != "results"}, indent=1))
+    log(f"[{entry.key}] exit {row['exit']} in {row['wall_seconds']} s")
+    return row
+
+
+def accuracy_at(results: dict, num_seen: int, selected: bool = False) -> float | None:
+    """A_n: accuracy over the first ``num_seen`` classes, after the task that completes them."""
+    seen = results["scenario"]["classes_per_task"]
+    task = num_seen // seen - 1
+    values = results["A_t_selected" if selected else "A_t"]
+    if num_seen % seen or task >= len(values):
+        return None
+    return 100.0 * values[task]
+
+
+def mid_point(num_classes: int, classes_per_task: int) -> int:
+    """The A_t reported beside the last one: A5 of MNIST 10x1 (the first task end at or past half)."""
+    half = -(-num_classes // 2)
+    return -(-half // classes_per_task) * classes_per_task
+
+
+def _fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(rows: list[dict], dataset: str, classes_per_task: int, budget: str) -> str:
+    num_classes = len(config.DATASETS[dataset].classes)
+    mid, last = mid_point(num_classes, classes_per_task), num_classes
+    paper_applies = dataset == "mnist" and classes_per_task == 1
+    header = (f"| method | A{mid} strict | A{mid} selected | A{last} strict | A{last} selected | forgetting | wall / CPU time | "
+              f"peak memory | classifier params | generator params | paper A{mid} / A{last} |")
+    lines = [f"{dataset}, {num_classes // classes_per_task} tasks x {classes_per_task} class(es); {budget}", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    by_key = {e.key: e for e in ENTRIES}
+    for row in rows:
+        entry = by_key[row["key"]]
+        paper = "—"
+        if paper_applies and any(v is not None for v in entry.paper_mnist):
+            paper = f"{_fmt(entry.paper_mnist[0])} / {_fmt(entry.paper_mnist[1])} ({entry.paper_note})"
+        if "results" not in row:
+            lines.append(f"| {entry.label} | failed (exit {row['exit']}): {row['error'][:80]} |" + " |" * 9 + f" {paper} |")
+            continue
+        res = row["results"]
+        params = res.get("parameters", {})
+        cells = [entry.label, _fmt(accuracy_at(res, mid)), _fmt(accuracy_at(res, mid, True)),
+                 _fmt(accuracy_at(res, last)), _fmt(accuracy_at(res, last, True)),
+                 _fmt(100.0 * res["forgetting"]), f"{row['wall_seconds'] / 60:.1f} / {row['cpu_seconds'] / 60:.1f} min",
+                 f"{row['peak_memory_mb']:.0f} MB", f"{params.get('classifier', 0):,}",
+                 f"{params.get('generator', 0):,}" if params.get("generator") else "—", paper]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"benchmark: unexpected arguments {argv[1:]}; pass everything as --flags")
+    try:
+        if FLAGS.dataset not in config.DATASETS:
+            raise BenchmarkError(f"--dataset={FLAGS.dataset!r} is not allowed; allowed: {', '.join(config.DATASETS)}")
+        divisors = config.task_split_divisors(FLAGS.dataset)
+        if FLAGS.classes_per_task not in divisors:
+            raise BenchmarkError(f"--classes_per_task={FLAGS.classes_per_task} is not allowed; allowed: "
+                                 + ", ".join(map(str, divisors)))
+        for name in ("epochs_per_task", "steps_per_task"):
+            if FLAGS[name].value < 0:
+                raise BenchmarkError(f"--{name}={FLAGS[name].value} is not allowed; allowed: 0 or a positive integer")
+        entries = select_entries(FLAGS.methods)
+    except BenchmarkError as err:
+        sys.exit(f"benchmark: {err}")
+    split = f"{len(config.DATASETS[FLAGS.dataset].classes) // FLAGS.classes_per_task}x{FLAGS.classes_per_task}"
+    root = os.path.join(FLAGS.workdir, f"{FLAGS.dataset}_{split}")
+    out = FLAGS.out or os.path.join(FLAGS.workdir, f"{FLAGS.dataset}_{split}.md")
+    opts = dict(seed=FLAGS.seed, epochs_per_task=FLAGS.epochs_per_task, steps_per_task=FLAGS.steps_per_task,
+                data_dir=FLAGS.data_dir)
+    budget = (f"{FLAGS.steps_per_task} steps a task" if FLAGS.steps_per_task else
+              f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each flagfile's budget")
+    rows = []
+    for entry in entries:
+        run_dir = os.path.join(root, entry.key)
+        rows.append(run_entry(entry, train_command(entry, FLAGS.dataset, FLAGS.classes_per_task, run_dir, opts), run_dir,
+                              rerun=FLAGS.rerun))
+        table = format_table(rows, FLAGS.dataset, FLAGS.classes_per_task, budget)
+        write_atomic(out, table)  # after every method: a long benchmark killed half-way keeps its rows
+    write_atomic(os.path.splitext(out)[0] + ".json", json.dumps(
+        [{k: v for k, v in r.items() if k != "results"} | {"results_path": os.path.join(root, r["key"], "results.json")}
+         for r in rows], indent=1))
+    print(table)
+    print(f"table: {out}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,76 @@
+"""Training on several devices with ``tf.distribute`` (``--strategy``).
+
+``fit`` runs each method's ``train_step`` once per replica on its share of the global batch
+and sums the gradients the optimizers receive. Two things are then up to the step, and the
+helpers here do them:
+
+- each replica's loss is a mean over its own rows, so it is divided by the number of
+  replicas (``scale_loss``): the summed gradients are then the gradient of the mean over the
+  global batch, as on one device;
+- random draws inside the step (latents, labels, interpolation weights) would be the same on
+  every replica, as the seed generators are mirrored. ``own_rows`` draws the whole global
+  batch's values on each replica and keeps the replica's own rows, so replicas differ and a
+  distributed step draws exactly what one device would on the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def use_cpu_replicas(count: int) -> None:
+    """Splits the CPU into ``count`` logical devices (for trying a strategy without GPUs).
+    Must run before TensorFlow initialises its devices."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """``default``: no distribution; ``mirrored``: the local GPUs, or the logical CPUs when there
+    is no GPU (see ``use_cpu_replicas``); ``multiworker``: the cluster that ``TF_CONFIG`` describes."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def _replica() -> tuple:
+    """(this replica's index, number of replicas); (0, 1) outside a replicated step."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return 0, 1
+    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+
+def scale_loss(loss):
+    """The share of a replica's mean loss whose gradients, summed over replicas, equal the
+    gradient of the global batch's mean loss."""
+    _, count = _replica()
+    return loss if count == 1 else loss / count
+
+
+def own_rows(draw: Callable, rows):
+    """This replica's ``rows`` rows of ``draw(rows * replicas)``: ``draw`` makes a random tensor
+    with the given number of rows from a (mirrored) seed generator, the same on every replica."""
+    index, count = _replica()
+    if count == 1:
+        return draw(rows)
+    return draw(rows * count)[index * rows:(index + 1) * rows]
+
+
+def sparse_cross_entropy(labels, logits):
+    """Mean cross-entropy over this replica's rows, for steps that scale with ``scale_loss``.
+
+    Not ``keras.losses.SparseCategoricalCrossentropy``: under a strategy its batch reduction
+    already divides by the number of replicas (meant for ``fit``'s own ``compute_loss``), so
+    with ``scale_loss`` it would be scaled twice, and logged at a fraction of its value.
+    """
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))

@@ -1,0 +1,350 @@
+"""The regularisation baselines on one growing classifier: EWC, SI (path integral) and RWalk,
+each optionally with an episodic memory of real images (the paper's "-M" variants).
+
+All three keep, per classifier parameter, an importance Omega and an anchor theta* (the value the
+parameter had when the last task ended), and add ``strength * sum Omega (theta - theta*)^2`` to
+the loss of later tasks. They differ in how Omega is measured:
+
+- EWC (Kirkpatrick et al. 2017, online): the diagonal empirical Fisher of the task's data,
+  computed after the task, accumulated as ``F <- gamma F + F_t``;
+- SI (Zenke et al. 2017): the path integral of the task loss along the training trajectory,
+  ``w = sum -g * delta`` per step, divided at the task's end by the squared total move;
+- RWalk (Chaudhry et al. 2018): the same path integral, each step divided by the KL distance it
+  travelled (``0.5 F delta^2``, F a running empirical Fisher), plus that Fisher.
+
+The path integrals and the running Fisher are accumulated inside the compiled train step.
+The classifier is the discriminator's trunk and growing head, as for every method; in the
+class-incremental setting the regularisers end near fine-tuning (the paper's finding): the
+softmax over all seen classes is re-fitted to the newest class whatever the weights keep.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from dgm_keras import data, memory, networks
+from dgm_keras.methods import base, supervised
+
+FISHER_EXAMPLES = 1024  # EWC: a seeded subset of the task's images; per-example gradients cost ~2 ms each here
+RWALK_EPSILON = 1e-3  # RWalk's damping of a step's KL distance (the authors' code, PARAM_XI_STEP)
+
+
+def _key(variable) -> str:
+    """A variable's path without the model's name: the same across growth."""
+    return variable.path.split("/", 1)[-1]
+
+
+def carried(old: np.ndarray | None, shape) -> np.ndarray:
+    """Zeros of ``shape`` with ``old`` in the leading slice: growth only appends units
+    (``expansion.carry_weights``' rule), and a new unit belongs to no past task."""
+    value = np.zeros(shape, np.float32)
+    if old is not None:
+        value[tuple(slice(0, d) for d in old.shape)] = old
+    return value
+
+
+class ParameterSlots:
+    """Named per-parameter quantities (importance, anchor, accumulators), each a list of
+    non-trainable variables aligned with the classifier's variables."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.params: list = []
+        self.slots: dict[str, list] = {name: [] for name in names}
+
+    def attach(self, params: list) -> None:
+        """Re-aligns every slot with ``params`` (the grown classifier's variables), carrying old values."""
+        old = {name: {_key(p): s.numpy() for p, s in zip(self.params, slots)} for name, slots in self.slots.items()}
+        self.params = list(params)
+        self.slots = {name: [keras.Variable(carried(old[name].get(_key(p)), p.shape), trainable=False,
+                                            name=f"{name}_{_key(p).replace('/', '_')}") for p in self.params]
+                      for name in self.names}
+
+    def __getitem__(self, name: str) -> list:
+        return self.slots[name]
+
+    def variables(self) -> dict[str, list]:
+        return dict(self.slots)
+
+
+def empirical_fisher(disc: networks.Discriminator, params: list, arrays: data.SplitArrays,
+                     batch_size: int) -> list[np.ndarray]:
+    """Diagonal empirical Fisher, per example: the mean over ``arrays`` of the squared gradient
+    of each example's log-likelihood of its own label (inference mode)."""
+
+    @tf.function(reduce_retracing=True)
+    def summed_squares(x, y):
+        def one(example):
+            xi, yi = example
+            with tf.GradientTape() as tape:
+                log_likelihood = -keras.losses.sparse_categorical_crossentropy(
+                    yi[None], disc.classify(xi[None], training=False), from_logits=True)
+            return [ops.square(g) for g in tape.gradient(log_likelihood, params)]
+
+        return [ops.sum(g, axis=0) for g in tf.vectorized_map(one, (x, y))]
+
+    totals = [np.zeros(p.shape, np.float32) for p in params]
+    for x, y in data.make_pipeline(arrays, batch_size, shuffle=False):
+        totals = [t + s.numpy() for t, s in zip(totals, summed_squares(x, y))]
+    return [t / len(arrays.labels) for t in totals]
+
+
+class Regularizer:
+    """Importance and anchor per parameter, and the quadratic penalty they define.
+
+    ``observe_step`` runs inside the compiled train step, after the update; ``consolidate``
+    runs once the task has ended and sets the importance and the anchor the next tasks use.
+    """
+
+    slot_names: tuple[str, ...] = ("importance", "anchor")
+
+    def __init__(self, hp: base.HyperParams):
+        self.hp = hp
+        self.slots = ParameterSlots(self.slot_names)
+        self.disc = None
+
+    @property
+    def strength(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def params(self) -> list:
+        return self.slots.params
+
+    def attach(self, disc: networks.Discriminator) -> None:
+        """Follows the classifier as it grows (at the start of each task)."""
+        self.disc = disc
+        self.slots.attach(disc.head_variables("classifier"))
+
+    def penalty(self):
+        """``strength * sum importance (theta - anchor)^2``: zero at the anchor, and free for units
+        no past task used (their importance is zero)."""
+        terms = [ops.sum(omega * ops.square(p - anchor))
+                 for p, omega, anchor in zip(self.params, self.slots["importance"], self.slots["anchor"])]
+        return self.strength * ops.sum(ops.stack(terms))
+
+    def observe_step(self, task_grads: list, before: list) -> None:
+        """``task_grads``: the step's gradients of the unregularised loss; ``before``: the
+        parameters before the step (the move is ``p - before``)."""
+
+    def consolidate(self, task: int, train: data.SplitArrays) -> None:
+        """After ``task`` (whose training data is ``train``): new importance, anchor at the current weights."""
+        raise NotImplementedError
+
+    def set_anchor(self) -> None:
+        for anchor, p in zip(self.slots["anchor"], self.params):
+            anchor.assign(p)
+
+    def importance_stats(self) -> dict:
+        values = np.concatenate([v.numpy().ravel() for v in self.slots["importance"]])
+        return {"mean": float(values.mean()), "max": float(values.max()), "negative_fraction": float((values < 0).mean())}
+
+
+class FisherPenalty(Regularizer):
+    """Online EWC: ``F <- gamma F + F_t``, penalty ``lambda / 2 * sum F (theta - theta*)^2``."""
+
+    @property
+    def strength(self):
+        return self.hp.ewc_lambda / 2.0
+
+    def consolidate(self, task, train):
+        count = min(FISHER_EXAMPLES, len(train.labels))
+        pick = np.sort(np.random.default_rng(self.hp.seed * 1000 + task).permutation(len(train.labels))[:count])
+        fisher = empirical_fisher(self.disc, self.params, data.SplitArrays(train.images[pick], train.labels[pick]),
+                                  self.hp.batch_size)
+        for omega, f in zip(self.slots["importance"], fisher):
+            omega.assign(self.hp.ewc_gamma * omega.numpy() + f)
+        self.set_anchor()
+
+
+class PathIntegral(Regularizer):
+    """SI: ``w += -g * delta`` per step; at the task's end ``Omega += w / (Delta^2 + xi)``,
+    Delta the task's total move; penalty ``c * sum Omega (theta - theta*)^2``."""
+
+    slot_names = ("importance", "anchor", "path", "task_start")
+
+    @property
+    def strength(self):
+        return self.hp.si_c
+
+    def attach(self, disc):
+        super().attach(disc)
+        # Not the anchor: a new unit's anchor is 0, but its move is counted from its initial value.
+        for start, p in zip(self.slots["task_start"], self.params):
+            start.assign(p)
+
+    def observe_step(self, task_grads, before):
+        for w, g, p, b in zip(self.slots["path"], task_grads, self.params, before):
+            w.assign_add(-g * (p - b))
+
+    def consolidate(self, task, train):
+        for omega, w, p, start in zip(self.slots["importance"], self.slots["path"], self.params,
+                                      self.slots["task_start"]):
+            omega.assign_add(w / (ops.square(p - start) + self.hp.si_xi))
+            w.assign(ops.zeros_like(w))
+        self.set_anchor()
+
+
+class RiemannianWalk(Regularizer):
+    """RWalk: a running empirical Fisher ``F <- alpha g^2 + (1 - alpha) F`` (g the batch's
+    gradient, every step); per step ``s += -g * delta / (0.5 F delta^2 + eps)``; at the task's
+    end the scores are ``max(s, 0)`` averaged with the previous scores (the first task's taken as
+    they are), and the importance is ``F + scores``; penalty ``lambda * sum (F + s)(theta - theta*)^2``."""
+
+    slot_names = ("importance", "anchor", "fisher", "path", "scores")
+
+    @property
+    def strength(self):
+        return self.hp.rwalk_lambda
+
+    def observe_step(self, task_grads, before):
+        alpha = self.hp.rwalk_alpha
+        for f, s, g, p, b in zip(self.slots["fisher"], self.slots["path"], task_grads, self.params, before):
+            f.assign(alpha * ops.square(g) + (1.0 - alpha) * f)
+            delta = p - b
+            s.assign_add(-g * delta / (0.5 * f * ops.square(delta) + RWALK_EPSILON))
+
+    def consolidate(self, task, train):
+        for omega, f, s, scores in zip(self.slots["importance"], self.slots["fisher"], self.slots["path"],
+                                       self.slots["scores"]):
+            new = ops.relu(s)  # "negative scores are set to zero": only what lowered the loss counts
+            scores.assign(new if task == 0 else 0.5 * (scores + new))
+            omega.assign(f + scores)
+            s.assign(ops.zeros_like(s))
+        self.set_anchor()
+
+
+class RegularizedTrainer(supervised.ClassifierTrainer):
+    """Cross-entropy (the current batch, balanced with a memory batch when there is one) plus
+    the regulariser's penalty, in one compiled step; the regulariser then sees the step."""
+
+    def __init__(self, discriminator: networks.Discriminator, regularizer: Regularizer, current_share: float,
+                 with_memory: bool, **kwargs):
+        super().__init__(discriminator, **kwargs)
+        self.regularizer, self.current_share, self.with_memory = regularizer, current_share, with_memory
+        self.penalty_tracker = keras.metrics.Mean(name="penalty")
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.penalty_tracker]
+
+    def task_loss(self, batch):
+        """(loss, labels, logits). With a memory, each seen class weighs the same, however
+        many images of it the batch holds (as ``DGMTrainer.critic_step``)."""
+        if not self.with_memory:
+            x, y = batch
+            logits = self.discriminator.classify(x, training=True)
+            return self.ce(y, logits), y, logits
+        (x, y), (past_x, past_y) = batch
+        n = ops.shape(x)[0]
+        logits = self.discriminator.classify(ops.concatenate([x, past_x], 0), training=True)
+        loss = self.current_share * self.ce(y, logits[:n]) + (1.0 - self.current_share) * self.ce(past_y, logits[n:])
+        return loss, ops.concatenate([y, past_y], 0), logits
+
+    def train_step(self, batch):
+        reg = self.regularizer
+        params = reg.params
+        with tf.GradientTape() as tape:
+            loss, labels, logits = self.task_loss(batch)
+        task_grads = tape.gradient(loss, params)
+        with tf.GradientTape() as tape:
+            penalty = reg.penalty()
+        penalty_grads = tape.gradient(penalty, params)
+        before = [tf.convert_to_tensor(p) for p in params]
+        self.cls_optimizer.apply([g + h for g, h in zip(task_grads, penalty_grads)], params)
+        reg.observe_step(task_grads, before)
+        self.loss_tracker.update_state(loss)
+        self.accuracy.update_state(labels, logits)
+        self.penalty_tracker.update_state(penalty)
+        return {m.name: m.result() for m in self.metrics}
+
+
+class Regularized(supervised.Supervised):
+    """Fine-tuning's classifier and pipeline, plus a regulariser and, with
+    ``hp.memory_per_class > 0``, random real images of every past class replayed with each batch."""
+
+    base_name = "regularized"
+    regularizer_class = Regularizer
+
+    def __init__(self, scenario, channels, hp):
+        super().__init__(scenario, channels, hp, joint=False)
+        self.name = self.base_name + ("-m" if hp.memory_per_class else "")
+        self.regularizer = self.regularizer_class(hp)
+        self.memory = memory.ExemplarMemory()
+        self.tasks_done = 0
+        self.importance_after_task: list[dict] = []
+        self.memory_after_task: list[int] = []
+
+    def begin_task(self, task, train):
+        super().begin_task(task, train)  # grows the classifier; its plain trainer is replaced here
+        self.regularizer.attach(self.disc)
+        share = len(self.scenario.task_classes(task)) / self.scenario.seen_classes(task)
+        self.trainer = RegularizedTrainer(self.disc, self.regularizer, share, with_memory=len(self.memory) > 0)
+        self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
+                             jit_compile=self.hp.jit_compile)
+
+    def pipeline(self, task, train):
+        current = super().pipeline(task, train)
+        past = self.memory.arrays()
+        if past is None:
+            return current
+        batch = min(self.hp.replay_batch_size, len(past.labels))  # a memory smaller than a batch still yields one
+        replay = data.make_pipeline(past, batch, shuffle=True, seed=self.hp.seed + 1000 + task,
+                                    drop_remainder=True).repeat()
+        return tf.data.Dataset.zip((current, replay))
+
+    def remember(self, task: int, train: data.SplitArrays) -> None:
+        """Keeps ``memory_per_class`` random images of each of the task's classes (seeded per class)."""
+        for label in self.scenario.task_classes(task):
+            images = train.of_classes(range(label, label + 1)).images
+            self.memory.add_class(label, images, self.hp.memory_per_class, seed=self.hp.seed * 1000 + label)
+
+    def end_task(self, task):
+        self.regularizer.consolidate(task, self.task_data)
+        self.remember(task, self.task_data)
+        self.tasks_done = task + 1
+        self.importance_after_task.append(self.regularizer.importance_stats())
+        self.memory_after_task.append(len(self.memory))
+
+    # -- checkpoints
+    def state(self):
+        return {**super().state(), "tasks_done": self.tasks_done, "importance_after_task": self.importance_after_task,
+                "memory_after_task": self.memory_after_task}
+
+    def set_state(self, state, task_data):
+        super().set_state(state, task_data)
+        self.tasks_done = state["tasks_done"]
+        self.importance_after_task = list(state["importance_after_task"])
+        self.memory_after_task = list(state["memory_after_task"])
+        self.regularizer = self.regularizer_class(self.hp)
+        if self.disc is not None:
+            self.regularizer.attach(self.disc)
+        self.memory = memory.ExemplarMemory()
+        for t in range(self.tasks_done):
+            self.remember(t, task_data(t))
+
+    def trackables(self):
+        return {**super().trackables(), "regularizer": self.regularizer.slots.variables()}
+
+    def report(self):
+        return {"penalty_strength": self.regularizer.strength, "memory_per_class": self.hp.memory_per_class,
+                "memory_images": len(self.memory), "memory_images_after_task": self.memory_after_task,
+                "importance_after_task": self.importance_after_task}
+
+
+class EWC(Regularized):
+    base_name = "ewc"
+    regularizer_class = FisherPenalty
+
+
+class SI(Regularized):
+    base_name = "si"
+    regularizer_class = PathIntegral
+
+
+class RWalk(Regularized):
+    base_name = "rwalk"
+    regularizer_class = RiemannianWalk

@@ -1,0 +1,75 @@
+"""The comparison harness: entries, A_t lookup, and a real (tiny) two-method table."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TEST_DATA_DIR
+from dgm_keras import benchmark, config
+
+
+def test_every_method_has_an_entry_and_unknown_names_are_refused():
+    assert {e.method for e in benchmark.ENTRIES} == set(config.METHOD_NAMES)
+    assert [e.key for e in benchmark.select_entries("ewc_m,finetune")] == ["finetune", "ewc_m"]  # table order
+    with pytest.raises(benchmark.BenchmarkError, match=r"--methods='ewc,hat' is not allowed; allowed: all, or"):
+        benchmark.select_entries("ewc,hat")
+
+
+def test_accuracy_at_reads_the_task_that_completes_the_classes():
+    results = {"scenario": {"classes_per_task": 2}, "A_t": [1.0, 0.5, 0.4, 0.3, 0.2],
+               "A_t_selected": [1.0, 0.6, 0.5, 0.4, 0.25]}
+    assert benchmark.accuracy_at(results, 4) == pytest.approx(50.0)
+    assert benchmark.accuracy_at(results, 10, selected=True) == pytest.approx(25.0)
+    assert benchmark.accuracy_at(results, 5) is None  # no task ends with 5 classes in 5x2
+    assert benchmark.mid_point(10, 1) == 5 and benchmark.mid_point(10, 2) == 6 and benchmark.mid_point(50, 10) == 30
+
+
+def test_flagfile_wins_only_where_it_exists_and_budget_flags_come_last(tmp_path):
+    cmd = benchmark.train_command(benchmark.select_entries("dgmw")[0], "mnist", 2, str(tmp_path), dict(
+        seed=3, epochs_per_task=1, steps_per_task=0, data_dir=None))
+    assert cmd[3] == f"--flagfile={os.path.join(ROOT, 'flags', 'mnist_dgmw.cfg')}"
+    assert cmd.index("--classes_per_task=2") > 3 and cmd[-1] == "--epochs_per_task=1"
+    no_file = benchmark.train_command(benchmark.select_entries("dgma")[0], "cifar10", 1, str(tmp_path), dict(seed=0))
+    assert "--method=dgma" in no_file
+
+
+def test_bad_methods_flag_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=sgd", f"--workdir={tmp_path}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode != 0
+    assert [line for line in proc.stderr.splitlines() if line.strip()][-1].startswith(
+        "benchmark: --methods='sgd' is not allowed; allowed: all, or a comma list of joint, finetune")
+    assert not os.listdir(tmp_path)
+
+
+def test_two_methods_make_a_table(tmp_path, mnist_dir):
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=finetune,joint",
+                           "--classes_per_task=5", "--steps_per_task=30", f"--data_dir={mnist_dir}",
+                           f"--workdir={tmp_path / 'runs'}", f"--out={out}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"method", "Fine-tuning (lower bound)", "JT (upper bound)"}
+    assert rows["method"][:3] == ["A5 strict", "A5 selected", "A10 strict"]  # 2x5: A5 after task 1
+    joint, finetune = rows["JT (upper bound)"], rows["Fine-tuning (lower bound)"]
+    # Real numbers: after 30 steps a task, fine-tuning knows only the last task's 5 classes (<= 50%),
+    # joint training knows all 10 well above chance.
+    assert float(finetune[2]) <= 50.0 and float(joint[2]) > 60.0
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d min", joint[5]) and re.fullmatch(r"\d+ MB", joint[6])
+    assert int(joint[7].replace(",", "")) > 10_000 and joint[8] == "—"
+    assert (tmp_path / "runs" / "mnist_2x5" / "joint" / "results.json").exists()
+    assert os.path.exists(os.path.splitext(out)[0] + ".json")
+    # A second invocation reuses finished entries (a killed benchmark continues) unless --rerun.
+    again = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=joint", "--classes_per_task=5",
+                            "--steps_per_task=30", f"--data_dir={mnist_dir}", f"--workdir={tmp_path / 'runs'}",
+                            f"--out={tmp_path / 'again.md'}"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert again.returncode == 0 and "[joint] reused" in again.stdout
+    assert [line for line in (tmp_path / "again.md").read_text().splitlines() if line.startswith("| JT")] == [
+        line for line in table.splitlines() if line.startswith("| JT")]

@@ -1,0 +1,149 @@
+"""--strategy: one step split across two replicas equals one step on the whole batch, and short
+mirrored runs of the real command complete.
+
+Two logical CPU devices must be set before TensorFlow initialises its devices, which the other
+tests in this pytest process already did; so each check runs in a fresh Python process: this
+file run as a script (``python tests/test_distribution.py step <data_dir>``) or the CLI.
+
+The steps use SGD: Adam's first update is about lr * sign(gradient), so it would hide a
+gradient that is a constant factor off (the loss scaling this checks).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLOBAL_BATCH = 8
+ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(args, timeout=300):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+# -- the subprocess side: python tests/test_distribution.py step <data_dir>
+def _one_step(strategy, make_trainer, batch):
+    """Weights after one ``fit`` step of a freshly seeded trainer made in ``strategy``'s scope
+    (the initial weights too: both strategies must start from the same ones), and its logs."""
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        trainer, watched = make_trainer()
+    before = [np.array(v.numpy()) for v in watched]
+    history = trainer.fit(tf.data.Dataset.from_tensor_slices(batch).batch(GLOBAL_BATCH), epochs=1, verbose=0)
+    return before, [np.array(v.numpy()) for v in watched], {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def _compare(make_trainer, batch, single, mirrored):
+    b1, a1, logs1 = _one_step(single, make_trainer, batch)
+    b2, a2, logs2 = _one_step(mirrored, make_trainer, batch)
+    return {"same_start": all(np.array_equal(x, y) for x, y in zip(b1, b2)),
+            "moved": max(float(np.abs(x - y).max()) for x, y in zip(a1, b1)),
+            "max_diff": max(float(np.abs(x - y).max()) for x, y in zip(a1, a2)),
+            "allclose": all(np.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(a1, a2)),
+            "logs_single": logs1, "logs_mirrored": logs2}
+
+
+def step_check(data_dir):
+    from dgm_keras import distribution  # noqa: PLC0415
+
+    distribution.use_cpu_replicas(2)
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from dgm_keras import config, data, networks  # noqa: PLC0415
+    from dgm_keras.methods import dgm, supervised  # noqa: PLC0415
+
+    scenario = data.make_scenario("mnist", 5, class_names=data.label_names("mnist", data_dir))
+    train = data.load_scenario_data(scenario, data_dir, 0.15).train.of_classes(scenario.task_classes(0))
+    batch = (train.images[:GLOBAL_BATCH], train.labels[:GLOBAL_BATCH])
+    single, mirrored = tf.distribute.get_strategy(), distribution.make_strategy("mirrored")
+    out = {"replicas": mirrored.num_replicas_in_sync}
+
+    def classifier_trainer():
+        disc = networks.Discriminator(5, name="discriminator").build_all(1)
+        trainer = supervised.ClassifierTrainer(disc)
+        trainer.compile(keras.optimizers.SGD(0.1))
+        return trainer, disc.head_variables("classifier")
+
+    out["classifier"] = _compare(classifier_trainer, batch, single, mirrored)
+
+    class CriticOnly(dgm.DGMTrainer):
+        def train_step(self, batch):
+            values = self.critic_step(batch, dgm.mask_scale(self.task_step, self.total_steps, self.hp.s_max))
+            values.pop("real_x")
+            return self.record({k: values[k] for k in ("d_loss", "wasserstein", "cls_loss")})
+
+    def critic_trainer(synced):
+        def make():
+            # gp_weight 0: gan.gradient_penalty draws its interpolation weights per replica.
+            hp = config.HyperParams(ngf=4, gp_weight=0.0, batch_size=GLOBAL_BATCH)
+            gen = networks.Generator((16, 8, 4), 10, 1, "weight", name="generator").build_all()
+            for norm in gen.task_norms:
+                norm.synchronized = synced
+            disc = networks.Discriminator(5, name="discriminator").build_all(1)
+            trainer = CriticOnly(gen, disc, scenario.task_classes(0), 0, 10, hp, 1.0)
+            trainer.compile(keras.optimizers.SGD(0.01), keras.optimizers.SGD(0.01))
+            return trainer, disc.trainable_variables
+        return make
+
+    out["critic_synced_bn"] = _compare(critic_trainer(True), batch, single, mirrored)
+    out["critic_replica_bn"] = _compare(critic_trainer(False), batch, single, mirrored)
+    print("RESULT " + json.dumps(out))
+
+
+# -- the pytest side
+@pytest.fixture(scope="module")
+def step_results(mnist_dir):
+    out = _run([os.path.abspath(__file__), "step", mnist_dir])
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def test_two_replicas(step_results):
+    assert step_results["replicas"] == 2
+
+
+@pytest.mark.parametrize("case", ["classifier", "critic_synced_bn"])
+def test_split_step_equals_whole_batch_step(step_results, case):
+    """Loss scaling (gradients summed over replicas = the whole batch's), and for the critic the
+    generator's latents and labels: each replica must take its own rows of the global draw."""
+    r = step_results[case]
+    assert r["same_start"]
+    assert r["moved"] > 1e-4  # the step changed the weights
+    assert r["allclose"], r["max_diff"]
+    for name, value in r["logs_single"].items():  # logged values are the global means
+        assert r["logs_mirrored"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_per_replica_batch_norm_is_not_the_whole_batch_step(step_results):
+    """The generator's task heads normalise with batch statistics; unsynced, each replica
+    uses its own half's, so the fakes and hence the critic update differ (README, Scaling out)."""
+    r = step_results["critic_replica_bn"]
+    assert r["same_start"] and not r["allclose"]
+
+
+@pytest.mark.parametrize("method", ["finetune", "dgmw"])
+def test_mirrored_run_completes(mnist_dir, tmp_path, method):
+    _run(["-m", "dgm_keras.train", "--strategy=mirrored", "--cpu_replicas=2", f"--method={method}",
+          "--classes_per_task=5", "--steps_per_task=2", "--batch_size=16", "--replay_per_class=16",
+          "--validation_fraction=0", "--checkpoint_every=1", f"--data_dir={mnist_dir}",
+          f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'exports'}"])
+    with open(tmp_path / "run" / "results.json") as f:
+        results = json.load(f)
+    assert results["complete"] and len(results["A_t"]) == 2
+    assert results["flags"]["strategy"] == "mirrored"
+    assert all(np.isfinite(v) for v in results["last_losses"].values())
+    assert os.path.isdir(tmp_path / "exports" / f"mnist_{method}_5cpt_seed0" / "classifier" / "2")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["step"]:
+    step_check(sys.argv[2])

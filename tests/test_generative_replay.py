@@ -1,0 +1,173 @@
+"""The generative-replay baselines (DGR, MeRGAN) and the WGAN-GP pieces they share with DGM."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgm_keras import data, export, gan, networks
+from dgm_keras.methods import base, dgr, mergan
+
+# Task 1 has two past classes, so that the replay's argmax and its balance mean something. Its
+# labels are the 10x1 fixture's (both in natural order): task t holds classes 2t and 2t + 1.
+SCENARIO_2CPT = data.make_scenario("mnist", 2)
+
+
+def _hp(**kw):
+    return base.HyperParams(**{**dict(steps_per_task=3, ngf=4, batch_size=32, replay_batch_size=32,
+                                      replay_per_class=48, ac_weight=1.0), **kw})
+
+
+def _task_data(train, scenario, task, n=192):
+    part = train.of_classes(scenario.task_classes(task))
+    keep = np.random.default_rng(task).permutation(len(part.labels))[:n]
+    return data.SplitArrays(part.images[keep], part.labels[keep])
+
+
+def test_gradient_penalty_matches_a_hand_computation():
+    # Critic D(x) = v . tanh(W x + b): grad_x D = W^T (v * (1 - tanh^2(W x + b))).
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 2 * 2 * 1)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    v = rng.normal(size=3).astype(np.float32)
+
+    def critic(x):
+        return tf.linalg.matvec(tf.tanh(tf.reshape(x, (-1, 4)) @ w.T + b), v)
+
+    real = rng.uniform(-1, 1, (5, 2, 2, 1)).astype(np.float32)
+    fake = rng.uniform(-1, 1, (5, 2, 2, 1)).astype(np.float32)
+    weights = np.array([0.1, 0.1, 0.2, 0.2, 0.4], np.float32)
+    # The same seed draws the same interpolation factors the function draws.
+    eps = keras.random.uniform((5, 1, 1, 1), seed=keras.random.SeedGenerator(7)).numpy()
+    x_hat = (eps * real + (1 - eps) * fake).reshape(5, 4)
+    grads = (v * (1 - np.tanh(x_hat @ w.T + b) ** 2)) @ w
+    per_image = (np.sqrt((grads ** 2).sum(1) + 1e-12) - 1) ** 2
+    got = gan.gradient_penalty(critic, real, fake, keras.random.SeedGenerator(7))
+    got_weighted = gan.gradient_penalty(critic, real, fake, keras.random.SeedGenerator(7), weights)
+    np.testing.assert_allclose(float(got), per_image.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(got_weighted), (weights * per_image).sum(), rtol=1e-5)
+    assert abs(per_image.mean() - (weights * per_image).sum()) > 1e-3  # the weights matter
+
+
+def test_mixture_weights_give_every_seen_class_the_same_weight():
+    # 4 real images of the current class, 6 replayed of two past classes: 3 classes, 1/3 each.
+    w = gan.mixture_weights(4, 6, 1 / 3).numpy()
+    np.testing.assert_allclose(w, [1 / 12] * 4 + [1 / 9] * 6, rtol=1e-6)  # 1/3 + 2/3
+    np.testing.assert_allclose(gan.mixture_weights(4, None, 1.0).numpy(), [0.25] * 4)
+
+
+def test_dgr_replay_is_labelled_by_the_previous_solver_and_two_tasks_train(mnist_scenario_data):
+    hp = _hp()
+    method = dgr.DGR(SCENARIO_2CPT, 1, hp)
+    train = mnist_scenario_data.train
+    part = _task_data(train, SCENARIO_2CPT, 0)
+    method.begin_task(0, part)
+    assert method.replay is None
+    method.train_task(0, part, [])
+    method.end_task(0)
+    old_solver = method.solver
+    part = _task_data(train, SCENARIO_2CPT, 1)
+    method.begin_task(1, part)
+    replay = method.replay
+    assert replay.images.shape == (2 * hp.replay_per_class, 32, 32, 1)
+    # Drawn from the generator as task 0 left it (seeded), labelled by task 0's solver.
+    np.testing.assert_array_equal(replay.images, gan.sample_images(method.gen, len(replay.labels), hp.seed + 1))
+    want = np.argmax(old_solver.classify(replay.images, training=False).numpy(), axis=1)
+    np.testing.assert_array_equal(replay.labels, want)
+    assert replay.labels.max() < 2  # only classes seen before the task
+    assert method.solver is not old_solver and method.solver.num_classes == 4
+    losses = method.train_task(1, part, [])
+    method.end_task(1)
+    assert all(np.isfinite(v) for v in losses.values()) and losses["replay_cls_loss"] > 0
+    assert method.generator() is None
+    with pytest.raises(NotImplementedError):
+        method.sample(np.array([0]), seed=0)
+    logits = method.classifier()(mnist_scenario_data.test.images[:8])
+    assert logits.shape == (8, 4) and np.isfinite(logits.numpy()).all()
+    assert method.parameter_counts()["generator"] == networks.count_weights(method.gen) > 0
+
+
+def test_mergan_ra_previous_generator_frozen_and_replay_balanced(mnist_scenario_data):
+    hp = _hp(mergan_mode="ra")
+    method = mergan.MeRGAN(SCENARIO_2CPT, 1, hp)
+    train = mnist_scenario_data.train
+    part = _task_data(train, SCENARIO_2CPT, 0)
+    method.begin_task(0, part)
+    method.train_task(0, part, [])
+    method.end_task(0)
+    trained_g = [w.copy() for w in method.gen.get_weights()]
+    part = _task_data(train, SCENARIO_2CPT, 1)
+    method.begin_task(1, part)
+    assert np.bincount(method.replay.labels).tolist() == [hp.replay_per_class] * 2
+    previous = method.trainer.previous
+    assert previous is method.previous and not previous.trainable_variables
+    losses = method.train_task(1, part, [])
+    assert all(np.isfinite(v) for v in losses.values()) and "alignment" in losses
+    for before, after in zip(trained_g, previous.get_weights()):
+        np.testing.assert_array_equal(after, before)  # bitwise, moving statistics included
+    assert any((a != b).any() for a, b in zip(trained_g, method.gen.get_weights()))  # while G learned
+    method.end_task(1)
+    images = method.sample(np.array([0, 1, 2, 3]), seed=0)
+    assert images.shape == (4, 32, 32, 1) and np.abs(images).max() <= 1.0
+
+
+def _trainer(mode):
+    gen = networks.PlainGenerator((8, 6, 4), 10, 1, name="generator").build_all()
+    disc = networks.Discriminator(3, name="discriminator").build_all(1)
+    previous = mergan.frozen_copy(gen, "previous_generator")
+    hp = _hp(mergan_mode=mode, alignment_weight=0.5)
+    return mergan.MeRGANTrainer(gen, disc, previous if mode == "ra" else None, range(2, 3), 2, hp), previous
+
+
+def test_replay_alignment_term_is_zero_at_equality_and_trains_g_and_jtr_has_none():
+    ra, previous = _trainer("ra")
+    jtr, _ = _trainer("jtr")
+    jtr.generator.set_weights(ra.generator.get_weights())
+    jtr.discriminator.set_weights(ra.discriminator.get_weights())
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, networks.NZ)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    w = gan.mixture_weights(2, 4, 1 / 3)
+    z_align = rng.standard_normal((5, networks.NZ)).astype(np.float32)
+    y_align = np.array([0, 1, 1, 0, 1], np.int32)
+    assert float(ra.alignment(z_align, y_align)) == 0.0  # G equals G_prev
+
+    kernel = ra.generator.body[1].kernel
+    kernel.assign(kernel + 0.05 * rng.standard_normal(kernel.shape).astype(np.float32))
+    jtr.generator.set_weights(ra.generator.get_weights())
+    ra_losses = ra.generator_losses(z, y, w, z_align, y_align)
+    diff = (ra.generator(z_align, y_align) - previous(z_align, y_align)).numpy()
+    np.testing.assert_allclose(float(ra_losses["alignment"]), (diff ** 2).sum(axis=(1, 2, 3)).mean(), rtol=1e-5)
+    assert float(ra_losses["alignment"]) > 0
+    # The alignment's gradient reaches G's weights; G_prev's are not among what the step updates.
+    with tf.GradientTape() as align_tape:
+        align = ra.alignment(z_align, y_align)
+    grads = align_tape.gradient(align, ra.generator.trainable_variables)
+    assert all(g is not None for g in grads) and np.abs(grads[0].numpy()).sum() > 0
+    assert {id(v) for v in ra.g_vars}.isdisjoint(id(v) for v in previous.variables)
+
+    jtr_losses = jtr.generator_losses(z, y, w, z_align, y_align)
+    assert "alignment" not in jtr_losses and "alignment" not in [m.name for m in jtr.metrics]
+    assert jtr.previous is None
+    np.testing.assert_allclose(float(ra_losses["g_loss"]) - float(jtr_losses["g_loss"]),
+                               0.5 * float(ra_losses["alignment"]), rtol=1e-4)
+    # JTR's loss is the AC-GAN generator loss on the class-balanced mix, by hand.
+    critic, logits = jtr.discriminator(jtr.generator(z, y, training=True), training=True)
+    ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True).numpy()
+    want = -(w.numpy() * critic.numpy()).sum() + 1.0 * (w.numpy() * ce).sum()
+    np.testing.assert_allclose(float(jtr_losses["g_loss"]), want, rtol=1e-4)
+
+
+def test_conditional_generator_exports_and_serves_the_same_images(tmp_path):
+    scenario = data.make_scenario("mnist", 2)
+    gen = networks.PlainGenerator((8, 6, 4), 10, 1, name="generator").build_all()
+    # Non-trivial batch-norm statistics, so that a train-mode export would differ.
+    gen.norm.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype(np.float32))
+    gen.norm.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype(np.float32))
+    path = export.export_generator(gen, scenario, 1, str(tmp_path / "generator"))
+    served = tf.saved_model.load(path).signatures["sample"]
+    labels = np.array([0, 3, 1, 2, 3], np.int32)
+    got = served(labels=tf.constant(labels), seed=tf.constant(5, tf.int64))["images"].numpy()
+    z = tf.random.stateless_normal([5, gen.nz], seed=tf.constant([5, 0], tf.int64))
+    np.testing.assert_allclose(got, gen(z, labels, training=False).numpy(), atol=1e-5)
+    assert not np.allclose(got[1], got[2], atol=1e-3)  # the label and z matter
