@@ -79,13 +79,19 @@ class BenchmarkError(ValueError):
 
 
 def select_entries(spec: str) -> list[Entry]:
+    """The entries to run, in the order given (``all``: table order)."""
     if spec == "all":
         return list(ENTRIES)
     keys = [k.strip() for k in spec.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ENTRY_KEYS]
     if unknown or not keys:
         raise BenchmarkError(f"--methods={spec!r} is not allowed; allowed: all, or a comma list of {', '.join(ENTRY_KEYS)}")
-    return [e for e in ENTRIES if e.key in keys]
+    by_key = {e.key: e for e in ENTRIES}
+    return [by_key[k] for k in dict.fromkeys(keys)]
+
+
+def table_order(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda row: ENTRY_KEYS.index(row["key"]))
 
 
 def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: str, opts: dict) -> list[str]:
@@ -223,8 +229,9 @@ def main(argv):
         run_dir = os.path.join(root, entry.key)
         rows.append(run_entry(entry, train_command(entry, FLAGS.dataset, FLAGS.classes_per_task, run_dir, opts), run_dir,
                               rerun=FLAGS.rerun))
-        table = format_table(rows, FLAGS.dataset, FLAGS.classes_per_task, budget)
+        table = format_table(table_order(rows), FLAGS.dataset, FLAGS.classes_per_task, budget)
         write_atomic(out, table)  # after every method: a long benchmark killed half-way keeps its rows
+    rows = table_order(rows)
     write_atomic(os.path.splitext(out)[0] + ".json", json.dumps(
         [{k: v for k, v in r.items() if k != "results"} | {"results_path": os.path.join(root, r["key"], "results.json")}
          for r in rows], indent=1))

@@ -10,6 +10,8 @@ IMAGE_SIZE = 32
 METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
 MERGAN_MODES = ("jtr", "ra")
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
+# Methods whose train steps scale their losses per replica (tests/test_distribution.py).
+DISTRIBUTED_METHODS = ("dgmw", "dgma", "joint", "finetune")
 
 
 @dataclasses.dataclass(frozen=True)

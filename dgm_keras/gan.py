@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import config, data
+from dgm_keras import config, data, distribution
 
 
 def optimizers(hp: config.HyperParams) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
@@ -81,7 +81,7 @@ def gradient_penalty(critic, real, fake, seed, weights=None):
     ``critic`` maps images to one score each; ``seed`` is the trainer's SeedGenerator (the
     interpolation draws from it, so a trainer's steps are reproducible).
     """
-    eps = keras.random.uniform((ops.shape(real)[0], 1, 1, 1), seed=seed)
+    eps = distribution.own_rows(lambda rows: keras.random.uniform((rows, 1, 1, 1), seed=seed), ops.shape(real)[0])
     x_hat = eps * real + (1.0 - eps) * fake
     with tf.GradientTape() as tape:
         tape.watch(x_hat)
@@ -115,7 +115,8 @@ class GANTrainer(keras.Model):
         self.task_step = keras.Variable(0, dtype="int64", trainable=False, name="task_step")
         self.seed_gen = keras.random.SeedGenerator(seed)
         self.trackers = {n: keras.metrics.Mean(name=n) for n in loss_names}
-        self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.ce = distribution.sparse_cross_entropy  # the replica's mean: steps scale once (distribution.scale_loss)
+        self.built = True  # no call() to trace: fit under a strategy would try to build one
 
     @property
     def metrics(self):

@@ -90,6 +90,9 @@ def check_flags(values: dict) -> None:
         bad("d_norm", "layer, batch")
     if values["strategy"] not in config.STRATEGIES:
         bad("strategy", ", ".join(config.STRATEGIES))
+    if values["strategy"] != "default" and values["method"] not in config.DISTRIBUTED_METHODS:
+        bad("strategy", f"default for --method={values['method']} (distributed training is implemented for "
+            f"{', '.join(config.DISTRIBUTED_METHODS)})")
     if values["cpu_replicas"] < 0:
         bad("cpu_replicas", "0 or a positive integer")
     if values["jit_compile"] not in ("auto", "true", "false"):

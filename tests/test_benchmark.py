@@ -13,7 +13,9 @@ from dgm_keras import benchmark, config
 
 def test_every_method_has_an_entry_and_unknown_names_are_refused():
     assert {e.method for e in benchmark.ENTRIES} == set(config.METHOD_NAMES)
-    assert [e.key for e in benchmark.select_entries("ewc_m,finetune")] == ["finetune", "ewc_m"]  # table order
+    assert [e.key for e in benchmark.select_entries("ewc_m,finetune,ewc_m")] == ["ewc_m", "finetune"]  # as given
+    rows = [{"key": "ewc_m"}, {"key": "finetune"}]
+    assert [r["key"] for r in benchmark.table_order(rows)] == ["finetune", "ewc_m"]  # the table keeps the paper's order
     with pytest.raises(benchmark.BenchmarkError, match=r"--methods='ewc,hat' is not allowed; allowed: all, or"):
         benchmark.select_entries("ewc,hat")
 

@@ -86,7 +86,7 @@ def step_check(data_dir):
     def critic_trainer(synced):
         def make():
             # gp_weight 0: gan.gradient_penalty draws its interpolation weights per replica.
-            hp = config.HyperParams(ngf=4, gp_weight=0.0, batch_size=GLOBAL_BATCH)
+            hp = config.HyperParams(ngf=4, batch_size=GLOBAL_BATCH)
             gen = networks.Generator((16, 8, 4), 10, 1, "weight", name="generator").build_all()
             for norm in gen.task_norms:
                 norm.synchronized = synced
@@ -102,6 +102,19 @@ def step_check(data_dir):
 
 
 # -- the pytest side
+@pytest.mark.parametrize("over,pattern", [
+    (dict(strategy="tpu"), r"--strategy='tpu' is not allowed; allowed: default, mirrored, multiworker"),
+    (dict(cpu_replicas=-1), r"--cpu_replicas=-1 .*0 or a positive integer"),
+])
+def test_bad_strategy_flags_are_named(tmp_path, over, pattern):
+    from dgm_keras import train  # noqa: PLC0415
+
+    values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
+    values.update(data_dir=str(tmp_path / "d"), workdir=str(tmp_path / "w"), export_dir=str(tmp_path / "e"), **over)
+    with pytest.raises(train.FlagError, match=pattern):
+        train.check_flags(train.resolve(values))
+
+
 @pytest.fixture(scope="module")
 def step_results(mnist_dir):
     out = _run([os.path.abspath(__file__), "step", mnist_dir])

@@ -33,6 +33,7 @@ def _values(tmp_path, **over):
     (dict(beta_1=1.0), r"--beta_1=1.0"),
     (dict(jit_compile="yes"), r"--jit_compile='yes' .*auto, true, false"),
     (dict(class_order="random"), r"--class_order='random' .*natural, permuted"),
+    (dict(strategy="mirrored", method="icarl"), r"--strategy='mirrored' is not allowed; allowed: default for --method=icarl"),
     (dict(mergan_mode="xx"), r"--mergan_mode='xx' is not allowed; allowed: jtr, ra"),
     (dict(icarl_memory=0), r"--icarl_memory=0 .*positive integer"),
     (dict(memory_per_class=-1), r"--memory_per_class=-1 .*0 or a positive"),

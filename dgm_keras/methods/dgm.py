@@ -80,8 +80,6 @@ class DGMTrainer(gan.GANTrainer):
             f"task_out_{t}" for t in range(generator.num_past_tasks)}
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
-        self.built = True  # no call() to trace: fit under a strategy would try to build one
-        self.ce = distribution.sparse_cross_entropy  # the replica's mean: the step scales it once
 
     @property
     def d_vars(self):
