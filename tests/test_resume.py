@@ -131,6 +131,7 @@ def _copy(finished, tmp_path):
 
 
 def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_dir):
+    import numpy as np
     import tensorflow as tf
 
     from dgm_keras import checkpointing, data, runner
@@ -145,9 +146,14 @@ def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_dir):
     ckpts.restore({**method.trackables(), "keras_global_seed": checkpointing.global_seed_state()},
                   state["task_checkpoint"])
     reader = tf.train.load_checkpoint(os.path.join(ckpts.directory, state["task_checkpoint"]))
-    kernel = reader.get_tensor("classifier/classifier/_kernel/.ATTRIBUTES/VARIABLE_VALUE")
-    assert kernel.shape == (2048, 10)
-    assert (method.disc.classifier.kernel.numpy() == kernel).all()  # bitwise
+    shapes = reader.get_variable_to_shape_map()
+    # The classifier head's kernel is the only [2048, 10] tensor (features x classes after two tasks).
+    (key,) = [k for k, shape in shapes.items() if shape == [2048, 10]]
+    assert (method.disc.classifier.kernel.numpy() == reader.get_tensor(key)).all()  # bitwise
+    # The conv trunk too (Keras keeps it in a list, which tf.train.Checkpoint alone would miss).
+    (conv_key,) = [k for k, shape in shapes.items() if shape == [5, 5, 1, 32]]
+    first_conv = method.disc.trunk[0].kernel.numpy()
+    assert np.abs(first_conv).sum() > 0 and (first_conv == reader.get_tensor(conv_key)).all()
 
 
 @pytest.mark.parametrize("damage,pattern", [
