@@ -79,7 +79,10 @@ class RunCheckpoints:
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{self.state_path} has format {state.get('format')!r}, this code reads {FORMAT}; "
                                   "use another --workdir")
-        diff = [k for k in sorted(set(recorded) | set(self.identity)) if recorded.get(k) != self.identity.get(k)]
+        # The scenario and method first: they are what a user mixed up, more often than a learning rate.
+        first = ("dataset", "method", "classes_per_task", "class_order")
+        diff = sorted((k for k in set(recorded) | set(self.identity) if recorded.get(k) != self.identity.get(k)),
+                      key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
         if diff:
             k = diff[0]
             raise CheckpointError(
@@ -89,6 +92,21 @@ class RunCheckpoints:
         self.state = state
         return state
 
+    def _unusable(self, path: str, err: Exception) -> CheckpointError:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return CheckpointError(f"checkpoint {path} is truncated, corrupt or does not match this run ({first}); "
+                               f"move {self.directory} away or use another --workdir")
+
+    def verify(self, name: str) -> None:
+        """Reads every tensor of checkpoint ``name``: truncation shows here, not mid-run."""
+        path = os.path.join(self.directory, name)
+        try:
+            reader = tf.train.load_checkpoint(path)
+            for key in reader.get_variable_to_shape_map():
+                reader.get_tensor(key)
+        except Exception as err:  # noqa: BLE001 (TF raises OpError, ValueError, IndexError...)
+            raise self._unusable(path, err) from None
+
     def restore(self, trackables: dict, name: str) -> None:
         """Reads checkpoint ``name`` (as state.json records it) into ``trackables``; every
         variable they hold must be in it."""
@@ -97,9 +115,7 @@ class RunCheckpoints:
             status = tf.train.Checkpoint(**with_variable_lists(trackables)).restore(path)
             status.assert_existing_objects_matched()
         except Exception as err:  # noqa: BLE001 (TF raises OpError, ValueError, AssertionError, IndexError...)
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"checkpoint {path} is truncated, corrupt or does not match this run ({first}); "
-                                  f"move {self.directory} away or use another --workdir") from None
+            raise self._unusable(path, err) from None
 
     def _save(self, kind: str, trackables: dict, number: int) -> str:
         start = time.time()

@@ -115,8 +115,6 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
     splits = data.load_scenario_data(scenario, cfg.data_dir, cfg.validation_fraction)
     spec = data.get_spec(cfg.dataset)
     method = make_method(cfg.method, scenario, spec.channels, cfg.hp)
-    os.makedirs(cfg.workdir, exist_ok=True)
-    writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tb"))
     export_root = os.path.join(cfg.export_dir, cfg.run_name)
 
     def task_data(task):
@@ -129,6 +127,8 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
     first_task = 0
     resume = None  # the step checkpoint to resume within ``first_task``
     if state:
+        if state["step"]:  # read in full now, so a damaged one stops the run before anything is written
+            ckpts.verify(state["step"]["checkpoint"])
         if state["task_done"] >= 0:
             method.set_state(state["method_state"], task_data)
             ckpts.restore(lasting(), state["task_checkpoint"])
@@ -138,6 +138,8 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
         where = f"task {first_task + 1}" + (f", step {resume['step']}" if resume else "")
         results["resumed_at"].append(where)
         log(f"resuming {cfg.workdir} at {where}")
+    os.makedirs(cfg.workdir, exist_ok=True)
+    writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tb"))
 
     step = 0  # run-wide step axis of the TensorBoard losses
     for task in range(first_task):
