@@ -181,3 +181,8 @@ class Discriminator(keras.Model):
 
     def get_config(self):
         return dict(num_classes=self.num_classes, widths=self.widths, norm=self.norm, name=self.name)
+
+
+def rebuild_discriminator(classes: int | None, norm: str, channels: int, name: str = "discriminator"):
+    """A discriminator with ``classes`` outputs (None: not made yet), for a checkpoint to fill."""
+    return None if classes is None else Discriminator(classes, norm=norm, name=name).build_all(channels)

@@ -247,8 +247,7 @@ class DGM(base.ContinualMethod):
     def set_state(self, state, task_data):
         self.gen = networks.Generator(**state["generator"]).build_all()
         classes = state["discriminator_classes"]
-        self.disc = None if classes is None else networks.Discriminator(
-            classes, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.disc = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels)
         self.sizes, self.mask_bytes = list(state["sizes"]), list(state["mask_bytes"])
         self.replay_counts, self.reserved_fraction = list(state["replay_counts"]), list(state["reserved_fraction"])
 

@@ -145,8 +145,7 @@ class DGR(base.ContinualMethod):
 
     def set_state(self, state, task_data):
         classes = state["solver_classes"]
-        self.solver = None if classes is None else networks.Discriminator(
-            classes, norm=self.hp.d_norm, name="solver").build_all(self.channels)
+        self.solver = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels, name="solver")
         self.replay_label_counts = [list(c) for c in state["replay_label_counts"]]
 
     def report(self):

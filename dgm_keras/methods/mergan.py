@@ -175,8 +175,7 @@ class MeRGAN(base.ContinualMethod):
 
     def set_state(self, state, task_data):
         classes = state["discriminator_classes"]
-        self.disc = None if classes is None else networks.Discriminator(
-            classes, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.disc = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels)
         self.replay_counts = list(state["replay_counts"])
 
     def report(self):

@@ -79,8 +79,7 @@ class Supervised(base.ContinualMethod):
         return {"classes": None if self.disc is None else self.disc.num_classes, "tasks_seen": len(self.seen)}
 
     def set_state(self, state, task_data):
-        self.disc = None if state["classes"] is None else networks.Discriminator(
-            state["classes"], norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.disc = networks.rebuild_discriminator(state["classes"], self.hp.d_norm, self.channels)
         self.seen = [task_data(t) for t in range(state["tasks_seen"])] if self.joint else []
 
     def classifier_model(self):
