@@ -109,6 +109,14 @@ def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: st
     return cmd
 
 
+def same_run(recorded: list[str], command: list[str]) -> bool:
+    """Whether a finished entry's command is this one, up to where the data is read from
+    (the same TFDS data under another directory gives the same run)."""
+    def result_flags(cmd):
+        return [arg for arg in cmd if not arg.startswith("--data_dir=")]
+    return result_flags(recorded) == result_flags(command)
+
+
 def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, log=print) -> dict:
     """One method in its own process; its wall time, CPU time and peak resident memory.
     A finished entry (its row saved beside its results) is reused unless ``rerun``."""
@@ -116,7 +124,7 @@ def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, l
     if not rerun and os.path.exists(row_path):
         with open(row_path) as f:
             row = json.load(f)
-        if row.get("exit") == 0 and row.get("command") == cmd[1:]:
+        if row.get("exit") == 0 and same_run(row.get("command", []), cmd[1:]):
             with open(os.path.join(run_dir, "results.json")) as f:
                 row["results"] = json.load(f)
             log(f"[{entry.key}] reused {run_dir}")

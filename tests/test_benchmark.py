@@ -38,6 +38,13 @@ def test_flagfile_wins_only_where_it_exists_and_budget_flags_come_last(tmp_path)
     assert "--method=dgma" in no_file
 
 
+def test_a_finished_entry_is_reused_only_for_the_same_run():
+    cmd = ["-m", "dgm_keras.train", "--flagfile=f.cfg", "--seed=0", "--epochs_per_task=1"]
+    assert benchmark.same_run(cmd, cmd + ["--data_dir=/elsewhere/tfds"])  # where the data lives changes nothing
+    assert not benchmark.same_run(cmd, cmd[:-1] + ["--epochs_per_task=2"])
+    assert not benchmark.same_run(cmd, cmd[:-1])
+
+
 def test_bad_methods_flag_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=sgd", f"--workdir={tmp_path}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
