@@ -65,6 +65,14 @@ def test_good_defaults_pass(tmp_path):
     assert dgma["ngf"] == 20 and dgma["s_max"] == 1e5
 
 
+def test_ac_gan_term_is_on_by_default_only_when_a_task_has_several_classes(tmp_path):
+    # The critic never sees labels: with two classes a task only the AC term ties G(z, y) to class y.
+    assert _values(tmp_path)["ac_weight"] == 0.0  # one class a task: the reference code's setting
+    assert _values(tmp_path, classes_per_task=2)["ac_weight"] == 1.0
+    assert _values(tmp_path, classes_per_task=2, ac_weight=0.0)["ac_weight"] == 0.0  # an explicit value wins
+    assert _values(tmp_path, ac_weight=0.5)["ac_weight"] == 0.5
+
+
 def test_cli_bad_flag_exits_with_one_line_and_writes_nothing(tmp_path):
     work = tmp_path / "work"
     env = dict(os.environ, PYTHONPATH=ROOT)
