@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,8 @@ def define_flags():
     flags.DEFINE_string("workdir", "runs/benchmark", "Runs land in <workdir>/<dataset>_<split>/<entry>/.")
     flags.DEFINE_string("out", None, "Markdown table path; default <workdir>/<dataset>_<split>.md.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir, passed to every run.")
+    flags.DEFINE_multi_string("train_flag", [], "A flag passed to every run after the harness's own, e.g. "
+                              "--train_flag=--gp_weight=10 (repeat for more); the table's title names them.")
     flags.DEFINE_bool("rerun", False, "Rerun entries that already finished under --workdir (default: reuse them).")
 
 
@@ -106,7 +109,24 @@ def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: st
         cmd.append(f"--steps_per_task={opts['steps_per_task']}")
     if opts.get("data_dir"):
         cmd.append(f"--data_dir={opts['data_dir']}")
-    return cmd
+    return cmd + list(opts.get("train_flags", ()))
+
+
+# Flags the harness sets itself: one scenario, one place for each run.
+HARNESS_FLAGS = ("method", "flagfile", "dataset", "classes_per_task", "seed", "workdir", "export_dir", "run_name",
+                 "epochs_per_task", "steps_per_task", "data_dir")
+
+
+def check_train_flags(train_flags: list[str]) -> list[str]:
+    """``--name=value`` flags for every run, refusing those the harness sets (pass those to it)."""
+    for flag in train_flags:
+        name = flag[2:].split("=", 1)[0] if flag.startswith("--") else ""
+        if not name:
+            raise BenchmarkError(f"--train_flag={flag!r} is not allowed; allowed: a train flag written --name=value")
+        if name in HARNESS_FLAGS:
+            raise BenchmarkError(f"--train_flag={flag!r} is not allowed; allowed: any train flag but "
+                                 f"{', '.join(HARNESS_FLAGS)} (the harness sets those: pass --{name} to it)")
+    return list(train_flags)
 
 
 def same_run(recorded: list[str], command: list[str]) -> bool:
@@ -115,6 +135,12 @@ def same_run(recorded: list[str], command: list[str]) -> bool:
     def result_flags(cmd):
         return [arg for arg in cmd if not arg.startswith("--data_dir=")]
     return result_flags(recorded) == result_flags(command)
+
+
+def run_set_name(dataset: str, split: str, train_flags: list[str]) -> str:
+    """Runs with other train flags live in their own folder, so they never replace the plain runs."""
+    suffix = "".join("+" + re.sub(r"[^A-Za-z0-9_.=-]", "_", flag.lstrip("-")) for flag in train_flags)
+    return f"{dataset}_{split}{suffix}"
 
 
 def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, log=print) -> dict:
@@ -223,15 +249,18 @@ def main(argv):
             if FLAGS[name].value < 0:
                 raise BenchmarkError(f"--{name}={FLAGS[name].value} is not allowed; allowed: 0 or a positive integer")
         entries = select_entries(FLAGS.methods)
+        train_flags = check_train_flags(FLAGS.train_flag)
     except BenchmarkError as err:
         sys.exit(f"benchmark: {err}")
     split = f"{len(config.DATASETS[FLAGS.dataset].classes) // FLAGS.classes_per_task}x{FLAGS.classes_per_task}"
-    root = os.path.join(FLAGS.workdir, f"{FLAGS.dataset}_{split}")
-    out = FLAGS.out or os.path.join(FLAGS.workdir, f"{FLAGS.dataset}_{split}.md")
+    name = run_set_name(FLAGS.dataset, split, train_flags)
+    root = os.path.join(FLAGS.workdir, name)
+    out = FLAGS.out or os.path.join(FLAGS.workdir, f"{name}.md")
     opts = dict(seed=FLAGS.seed, epochs_per_task=FLAGS.epochs_per_task, steps_per_task=FLAGS.steps_per_task,
-                data_dir=FLAGS.data_dir)
+                data_dir=FLAGS.data_dir, train_flags=train_flags)
     budget = (f"{FLAGS.steps_per_task} steps a task" if FLAGS.steps_per_task else
               f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each flagfile's budget")
+    budget += "".join(f"; {flag}" for flag in train_flags)
     rows = []
     for entry in entries:
         run_dir = os.path.join(root, entry.key)

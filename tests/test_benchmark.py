@@ -45,6 +45,22 @@ def test_a_finished_entry_is_reused_only_for_the_same_run():
     assert not benchmark.same_run(cmd, cmd[:-1])
 
 
+def test_train_flags_go_last_and_the_harness_flags_are_refused(tmp_path):
+    entry = benchmark.select_entries("mergan_ra")[0]
+    flags = benchmark.check_train_flags(["--gp_weight=10", "--d_lr=1e-3"])
+    cmd = benchmark.train_command(entry, "mnist", 2, str(tmp_path), dict(seed=0, epochs_per_task=1, train_flags=flags))
+    assert cmd[-3:] == ["--epochs_per_task=1", "--gp_weight=10", "--d_lr=1e-3"]  # after the flagfile: they win
+    with pytest.raises(benchmark.BenchmarkError, match=r"--train_flag='--seed=3' is not allowed; allowed: any train "
+                                                       r"flag but method, .* pass --seed to it"):
+        benchmark.check_train_flags(["--seed=3"])
+    with pytest.raises(benchmark.BenchmarkError, match=r"--train_flag='gp_weight=10' is not allowed; allowed: a train"):
+        benchmark.check_train_flags(["gp_weight=10"])
+    # Their runs get their own folder: a variant never replaces (rmtree) the plain runs' entries.
+    assert benchmark.run_set_name("mnist", "5x2", []) == "mnist_5x2"
+    assert benchmark.run_set_name("mnist", "5x2", flags) == "mnist_5x2+gp_weight=10+d_lr=1e-3"
+    assert benchmark.run_set_name("mnist", "5x2", ["--x=a/b"]) == "mnist_5x2+x=a_b"
+
+
 def test_bad_methods_flag_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=sgd", f"--workdir={tmp_path}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
