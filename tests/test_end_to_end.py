@@ -39,6 +39,7 @@ def test_dgmw_run_writes_everything(tmp_path, mnist_dir):
     assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
     assert len(res["A_t_selected"]) == 2 and len(res["task_seconds"]) == 2
     assert res["versions"]["keras"].startswith("3.")
+    assert res["hyperparameters"]["ac_weight"] == 1.0  # five classes a task: the AC-GAN term is on by default
     rep = res["method_report"]
     assert len(rep["generator_size_after_task"]) == 2 and rep["replay_images_per_task"][0] == 0
     assert rep["replay_images_per_task"][1] > 0
