@@ -4,9 +4,9 @@
     python -m dgm_keras.benchmark --dataset=mnist --classes_per_task=2 --methods=all --epochs_per_task=1
     python -m dgm_keras.benchmark --methods=finetune,ewc,ewc_m --out=/tmp/table.md
 
-Each entry runs as its own ``python -m dgm_keras.train`` process (its flagfile
-``flags/<dataset>_<entry>.cfg`` when there is one, then the scenario and budget flags given
-here, which win), so a crash in one method cannot take the others down and each process's
+Each entry runs as its own ``python -m dgm_keras.train --settings=<entry>`` process (the
+entry's settings file ``flags/<dataset>_<entry>.cfg``, which must exist, then the scenario
+and budget flags given here, which win), so a crash in one method cannot take the others down and each process's
 wall time and peak memory (``os.wait4``'s ru_maxrss) are its own. Figures come from each
 run's results.json; the table is written atomically to ``--out`` and printed.
 """
@@ -24,17 +24,16 @@ import time
 
 from absl import app, flags
 
-from dgm_keras import config
+from dgm_keras import config, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    key: str  # --methods name; flags/<dataset>_<key>.cfg
+    key: str  # --methods name; its settings are flags/<dataset>_<key>.cfg (train's --settings)
     label: str  # as in the paper's table
     method: str  # --method
-    extra: tuple[str, ...] = ()  # flags when no flagfile exists for the dataset
     # The paper's MNIST 10x1 figures (A5, A10) as METHOD.md gives them; None where it gives none.
     paper_mnist: tuple[float | None, float | None] = (None, None)
     paper_note: str = ""
@@ -44,20 +43,22 @@ ENTRIES = (
     Entry("joint", "JT (upper bound)", "joint", paper_mnist=(None, 99.24), paper_note="recalled"),
     Entry("finetune", "Fine-tuning (lower bound)", "finetune"),
     Entry("ewc", "EWC", "ewc"),
-    Entry("ewc_m", "EWC-M", "ewc", ("--memory_per_class=10",)),
+    Entry("ewc_m", "EWC-M", "ewc"),
     Entry("si", "SI", "si"),
-    Entry("si_m", "SI-M", "si", ("--memory_per_class=10",)),
+    Entry("si_m", "SI-M", "si"),
     Entry("rwalk", "RWalk", "rwalk"),
-    Entry("rwalk_m", "RWalk-M", "rwalk", ("--memory_per_class=10",)),
+    Entry("rwalk_m", "RWalk-M", "rwalk"),
     Entry("icarl", "iCaRL", "icarl"),
     Entry("dgr", "DGR", "dgr", paper_mnist=(None, 85.40), paper_note="recalled"),
-    Entry("mergan", "MeRGAN (JTR)", "mergan", ("--mergan_mode=jtr",), paper_mnist=(None, 97.00), paper_note="recalled"),
-    Entry("mergan_ra", "MeRGAN (RA)", "mergan", ("--mergan_mode=ra",)),
+    Entry("mergan", "MeRGAN (JTR)", "mergan", paper_mnist=(None, 97.00), paper_note="recalled"),
+    Entry("mergan_ra", "MeRGAN (RA)", "mergan"),
     Entry("dgmw", "DGMw (ours)", "dgmw", paper_mnist=(98.75, 97.92), paper_note="A10 as indexed; A5 recalled"),
     Entry("dgma", "DGMa (ours)", "dgma", paper_mnist=(99.17, None), paper_note="recalled"),
 )
 ENTRY_KEYS = tuple(e.key for e in ENTRIES)
 assert {e.method for e in ENTRIES} == set(config.METHOD_NAMES)
+assert set(ENTRY_KEYS) == set(settings.KEYS)
+assert all(settings.method_of(e.key) == e.method for e in ENTRIES)
 
 FLAGS = flags.FLAGS
 
@@ -98,9 +99,9 @@ def table_order(rows: list[dict]) -> list[dict]:
 
 
 def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: str, opts: dict) -> list[str]:
-    flagfile = os.path.join(ROOT, "flags", f"{dataset}_{entry.key}.cfg")
-    cmd = [sys.executable, "-m", "dgm_keras.train"]
-    cmd += [f"--flagfile={flagfile}"] if os.path.exists(flagfile) else [f"--method={entry.method}", *entry.extra]
+    """The entry's run: train applies the entry's settings file of ``dataset`` (as for a user's
+    command), then the scenario and budget flags given here, then ``--train_flag`` ones."""
+    cmd = [sys.executable, "-m", "dgm_keras.train", f"--settings={entry.key}"]
     cmd += [f"--dataset={dataset}", f"--classes_per_task={classes_per_task}", f"--seed={opts['seed']}",
             f"--workdir={run_dir}", f"--export_dir={os.path.join(run_dir, 'savedmodels')}", f"--run_name={entry.key}"]
     if opts.get("epochs_per_task"):
@@ -112,8 +113,17 @@ def train_command(entry: Entry, dataset: str, classes_per_task: int, run_dir: st
     return cmd + list(opts.get("train_flags", ()))
 
 
+def check_settings(entries: list[Entry], dataset: str) -> None:
+    """Every entry has its settings file for ``dataset`` before anything runs."""
+    missing = [e.key for e in entries if not os.path.exists(settings.path(dataset, e.key))]
+    if missing:
+        raise BenchmarkError(f"no settings for --dataset={dataset} with {', '.join(missing)}: "
+                             f"{', '.join(settings.relative(settings.path(dataset, k)) for k in missing)} missing "
+                             f"(see flags/README.md); or pick --methods among those that have them")
+
+
 # Flags the harness sets itself: one scenario, one place for each run.
-HARNESS_FLAGS = ("method", "flagfile", "dataset", "classes_per_task", "seed", "workdir", "export_dir", "run_name",
+HARNESS_FLAGS = ("method", "settings", "flagfile", "dataset", "classes_per_task", "seed", "workdir", "export_dir", "run_name",
                  "epochs_per_task", "steps_per_task", "data_dir")
 
 
@@ -249,6 +259,7 @@ def main(argv):
             if FLAGS[name].value < 0:
                 raise BenchmarkError(f"--{name}={FLAGS[name].value} is not allowed; allowed: 0 or a positive integer")
         entries = select_entries(FLAGS.methods)
+        check_settings(entries, FLAGS.dataset)
         train_flags = check_train_flags(FLAGS.train_flag)
     except BenchmarkError as err:
         sys.exit(f"benchmark: {err}")
@@ -259,7 +270,7 @@ def main(argv):
     opts = dict(seed=FLAGS.seed, epochs_per_task=FLAGS.epochs_per_task, steps_per_task=FLAGS.steps_per_task,
                 data_dir=FLAGS.data_dir, train_flags=train_flags)
     budget = (f"{FLAGS.steps_per_task} steps a task" if FLAGS.steps_per_task else
-              f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each flagfile's budget")
+              f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each settings file's budget")
     budget += "".join(f"; {flag}" for flag in train_flags)
     rows = []
     for entry in entries:

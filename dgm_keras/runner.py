@@ -33,7 +33,8 @@ class RunConfig:
     export_dir: str
     run_name: str
     hp: base.HyperParams
-    flags: dict  # every flag as given, for results.json
+    flags: dict  # every flag as the run resolved it, for results.json
+    settings: dict = dataclasses.field(default_factory=dict)  # the settings file and each flag's source (train.resolve)
     samples_per_class: int = 8
     checkpoint_every: int = 200  # steps between checkpoints within a task; 0: only at task ends
     strategy: str = "default"  # config.STRATEGIES; not part of a run's identity: a run may resume under another
@@ -78,10 +79,11 @@ def run_identity(cfg: RunConfig) -> dict:
             "class_order": cfg.class_order, "validation_fraction": cfg.validation_fraction, **hp}
 
 
-def fresh_results(cfg: RunConfig, scenario, splits) -> dict:
+def fresh_results(cfg: RunConfig, scenario, splits, hp) -> dict:
+    """``hp``: the hyperparameters as the method runs them (its defaults filled)."""
     return {
         "complete": False, "method": cfg.method, "scenario": scenario.to_dict(), "flags": cfg.flags,
-        "hyperparameters": dataclasses.asdict(cfg.hp), "versions": package_versions(),
+        "settings": cfg.settings, "hyperparameters": dataclasses.asdict(hp), "versions": package_versions(),
         "counts": {"train": len(splits.train.labels), "test": len(splits.test.labels),
                    "validation": 0 if splits.validation is None else len(splits.validation.labels)},
         "accuracy_matrix": [], "A_t": [], "per_class_accuracy": [],
@@ -123,7 +125,7 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
     def lasting():
         return {**method.trackables(), "keras_global_seed": checkpointing.global_seed_state()}
 
-    results = fresh_results(cfg, scenario, splits)
+    results = fresh_results(cfg, scenario, splits, method.hp)
     first_task = 0
     resume = None  # the step checkpoint to resume within ``first_task``
     if state:

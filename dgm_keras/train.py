@@ -16,60 +16,57 @@ import sys
 
 from absl import app, flags, logging
 
-from dgm_keras import config
+from dgm_keras import config, settings
 
 FLAGS = flags.FLAGS
+_HP = config.HyperParams()  # the one place of the defaults; a pair's settings file overrides them
 flags.DEFINE_string("dataset", "mnist", f"One of: {', '.join(config.DATASETS)}.")
 flags.DEFINE_string("method", "dgmw", f"One of: {', '.join(config.METHOD_NAMES)}.")
+flags.DEFINE_string("settings", None, "The settings file flags/<dataset>_<settings>.cfg applied under the command line; "
+                    f"default the method's name; one of: {', '.join(settings.KEYS)} (ewc_m: EWC with a memory, ...).")
 flags.DEFINE_integer("classes_per_task", 1, "Classes each task brings (1: the paper's 10x1; 2: the 5x2 split).")
 flags.DEFINE_string("class_order", "natural", "natural, or permuted (by --seed).")
 flags.DEFINE_float("validation_fraction", 0.15, "Share of train held out as validation (whole percent).")
-flags.DEFINE_integer("epochs_per_task", 3, "Passes over a task's real training data.")
-flags.DEFINE_integer("steps_per_task", 0, "If > 0, iterations per task instead of epochs.")
-flags.DEFINE_integer("batch_size", 64, "Real images per iteration: the global batch, split across replicas under --strategy.")
+flags.DEFINE_integer("epochs_per_task", _HP.epochs_per_task, "Passes over a task's real training data.")
+flags.DEFINE_integer("steps_per_task", _HP.steps_per_task, "If > 0, iterations per task instead of epochs.")
+flags.DEFINE_integer("batch_size", _HP.batch_size, "Real images per iteration: the global batch, split across replicas under --strategy.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs (tb/), results.json; default runs/<run_name>.")
 flags.DEFINE_string("export_dir", "savedmodels", "SavedModels land in <export_dir>/<run_name>/{classifier,generator}/<task>.")
 flags.DEFINE_string("run_name", None, "Default <dataset>_<method>_<classes_per_task>cpt_seed<seed>.")
-flags.DEFINE_integer("seed", 0, "Seeds weights, sampling, shuffling and a permuted class order.")
+flags.DEFINE_integer("seed", _HP.seed, "Seeds weights, sampling, shuffling and a permuted class order.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints within a task (0: only at task ends); rerunning the same command resumes.")
 flags.DEFINE_string("strategy", "default", "default (one device), mirrored (the local GPUs, or --cpu_replicas), "
                     "multiworker (MultiWorkerMirroredStrategy; the cluster from TF_CONFIG).")
 flags.DEFINE_integer("cpu_replicas", 0, "If > 0, split the CPU into this many logical devices (mirrored without GPUs, for trying it out).")
 flags.DEFINE_string("jit_compile", "auto", "XLA for the train step: auto (on with a GPU, off on CPU), true, false.")
-flags.DEFINE_integer("ngf", None, "Generator width (4ngf-2ngf-ngf); default 6 for dgmw, 20 for dgma.")
-flags.DEFINE_float("g_lr", 2e-3, "Generator Adam learning rate.")
-flags.DEFINE_float("d_lr", 2e-3, "Discriminator (and classifier) Adam learning rate.")
-flags.DEFINE_float("beta_1", 0.5, "Adam beta_1.")
-flags.DEFINE_float("beta_2", 0.999, "Adam beta_2.")
-flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight.")
-flags.DEFINE_string("d_norm", "layer", "Critic normalisation: layer (WGAN-GP's advice) or batch (the reference code).")
-flags.DEFINE_float("sparsity_weight", None, "lambda of R_t; default 0.08 for dgmw, 0.01 for dgma.")
-flags.DEFINE_float("mask_init", 0.05, "Initial value of every mask embedding (> 0: layers start dense).")
-flags.DEFINE_float("s_max", None, "Mask scale ceiling; default 1e4 for dgmw, 1e5 for dgma.")
-flags.DEFINE_float("ac_weight", None, "Weight of the AC-GAN classification term in the generator loss; default 0 with "
-                   "one class a task (the reference code), 1 with several (the only signal that ties G's label to its class).")
-flags.DEFINE_integer("replay_batch_size", 64, "Replayed images of past classes per iteration.")
-flags.DEFINE_integer("replay_per_class", 0, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
-flags.DEFINE_bool("reinit_discriminator", False, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
-_HP = config.HyperParams()
+flags.DEFINE_integer("ngf", _HP.ngf, "Generator width (4ngf-2ngf-ngf).")
+flags.DEFINE_float("g_lr", _HP.g_lr, "Generator Adam learning rate.")
+flags.DEFINE_float("d_lr", _HP.d_lr, "Discriminator (and classifier) Adam learning rate.")
+flags.DEFINE_float("beta_1", _HP.beta_1, "Adam beta_1.")
+flags.DEFINE_float("beta_2", _HP.beta_2, "Adam beta_2.")
+flags.DEFINE_float("gp_weight", _HP.gp_weight, "WGAN-GP gradient penalty weight.")
+flags.DEFINE_string("d_norm", _HP.d_norm, "Critic normalisation: layer (WGAN-GP's advice) or batch (the reference code).")
+flags.DEFINE_float("sparsity_weight", _HP.sparsity_weight, "lambda of DGM's sparsity regulariser R_t (the reference code: 0.08).")
+flags.DEFINE_float("mask_init", _HP.mask_init, "Initial value of every mask embedding (> 0: layers start dense).")
+flags.DEFINE_float("s_max", _HP.s_max, "Mask scale ceiling.")
+flags.DEFINE_float("ac_weight", _HP.ac_weight, "Weight of the AC-GAN classification term in the generator loss; default the "
+                   "method's: always 1 for mergan; for dgmw/dgma 0 with one class a task (the reference code), 1 with several.")
+flags.DEFINE_integer("replay_batch_size", _HP.replay_batch_size, "Replayed images of past classes per iteration.")
+flags.DEFINE_integer("replay_per_class", _HP.replay_per_class, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
+flags.DEFINE_bool("reinit_discriminator", _HP.reinit_discriminator, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
 flags.DEFINE_integer("memory_per_class", _HP.memory_per_class, "ewc/si/rwalk: real images kept per past class and replayed (the paper's -M variants); 0: none.")
 flags.DEFINE_float("ewc_lambda", _HP.ewc_lambda, "EWC penalty strength.")
 flags.DEFINE_float("ewc_gamma", _HP.ewc_gamma, "Online EWC: decay in [0, 1] of the accumulated Fisher at each new task.")
+flags.DEFINE_string("ewc_fisher", _HP.ewc_fisher, "EWC's Fisher: empirical (the data's labels) or sampled (labels drawn from the model, as in the paper).")
 flags.DEFINE_float("si_c", _HP.si_c, "SI penalty strength c.")
 flags.DEFINE_float("si_xi", _HP.si_xi, "SI damping xi of the importance's denominator.")
 flags.DEFINE_float("rwalk_lambda", _HP.rwalk_lambda, "RWalk penalty strength.")
 flags.DEFINE_float("rwalk_alpha", _HP.rwalk_alpha, "RWalk: moving-average rate in [0, 1] of the empirical Fisher.")
+flags.DEFINE_integer("rwalk_fisher_update_after", _HP.rwalk_fisher_update_after, "RWalk: steps between updates of the running Fisher and of the path scores (the authors' fisher_update_after).")
 flags.DEFINE_integer("icarl_memory", _HP.icarl_memory, "iCaRL: total exemplars K, shared equally by the classes seen so far.")
 flags.DEFINE_string("mergan_mode", _HP.mergan_mode, f"MeRGAN: {', '.join(config.MERGAN_MODES)} (joint retraining with replay, or replay alignment).")
 flags.DEFINE_float("alignment_weight", _HP.alignment_weight, "MeRGAN-RA: weight of the L2 alignment to the previous generator.")
-
-# sparsity_weight for dgmw: 100x the reference code's 0.08, which at our short budgets and
-# with Adam left ~95% of free weights reserved per task (docs/RESULTS.md).
-METHOD_DEFAULTS = {"dgmw": dict(ngf=6, sparsity_weight=8.0, s_max=1e4),
-                   "dgma": dict(ngf=20, sparsity_weight=0.01, s_max=1e5),
-                   # No growth: a width whose generator matches the size DGMw's reaches (docs/RESULTS.md).
-                   "dgr": dict(ngf=30, sparsity_weight=8.0, s_max=1e4), "mergan": dict(ngf=30, sparsity_weight=8.0, s_max=1e4)}
 
 
 class FlagError(ValueError):
@@ -100,6 +97,10 @@ def check_flags(values: dict) -> None:
         bad("jit_compile", "auto, true, false")
     if values["mergan_mode"] not in config.MERGAN_MODES:
         bad("mergan_mode", ", ".join(config.MERGAN_MODES))
+    if values["ewc_fisher"] not in ("empirical", "sampled"):
+        bad("ewc_fisher", "empirical, sampled")
+    if values["rwalk_fisher_update_after"] <= 0:
+        bad("rwalk_fisher_update_after", "a positive integer")
     if values["icarl_memory"] <= 0:
         bad("icarl_memory", "a positive integer")
     if values["memory_per_class"] < 0:
@@ -156,21 +157,60 @@ def _ancestors(path):
         path = parent
 
 
-def resolve(values: dict) -> dict:
-    """Fills the defaults that depend on other flags."""
+def resolve(values: dict, given=()) -> tuple[dict, dict]:
+    """The run's values and where each came from.
+
+    Three layers, the later winning: the defaults (``config.HyperParams`` and the flag
+    definitions), the settings file of (dataset, settings key) (``dgm_keras/settings.py``), and
+    the flags in ``given`` (what the user typed, flagfiles included). Then the defaults that
+    depend on other values (the method's AC weight, paths, the run name). Returns
+    ``(values, {"file": ..., "sources": {flag: "default" | file | "command line"}})``."""
     values = dict(values)
-    for key, default in METHOD_DEFAULTS.get(values["method"], METHOD_DEFAULTS["dgmw"]).items():
-        if values.get(key) is None:
-            values[key] = default
+    sources = {name: "command line" if name in given else "default" for name in values}
+    file = None
+    if values["dataset"] in config.DATASETS and values["method"] in config.METHOD_NAMES:
+        key = values.get("settings") or values["method"]
+        try:
+            loaded = settings.load(values["dataset"], key)
+        except settings.SettingsError as err:
+            raise FlagError(str(err)) from None
+        file = settings.relative(settings.path(values["dataset"], key))
+        method_in_file = loaded["method"][0]
+        if "method" in given and values["method"] != method_in_file:
+            raise FlagError(f"--method={values['method']!r} is not allowed with --settings={key!r}; allowed: "
+                            f"--method={method_in_file} (what {file} is for), or no --method")
+        for name, (raw, where) in loaded.items():
+            if name not in values:
+                raise FlagError(f"{where}: --{name} is not a flag of dgm_keras.train")
+            if name in given:
+                continue
+            try:
+                values[name] = raw if isinstance(raw, bool) else FLAGS[name].parser.parse(raw)
+            except ValueError as err:
+                raise FlagError(f"{where}: --{name}={raw} is not allowed: {err}") from None
+            sources[name] = where.rsplit(":", 1)[0]
     if values.get("ac_weight") is None:
-        # The critic does not see labels: within a task of several classes only the AC-GAN term makes
-        # G(z, y) draw class y (without it, 5x2 replay was 30% recognisable: docs/RESULTS.md).
-        values["ac_weight"] = 0.0 if values["classes_per_task"] == 1 else 1.0
+        values["ac_weight"] = config.default_ac_weight(values["method"], values["classes_per_task"])
+        sources["ac_weight"] = f"default of {values['method']} with {values['classes_per_task']} class(es) a task"
     values["data_dir"] = values["data_dir"] or config.default_data_dir()
     values["run_name"] = values["run_name"] or (
         f"{values['dataset']}_{values['method']}_{values['classes_per_task']}cpt_seed{values['seed']}")
     values["workdir"] = values["workdir"] or os.path.join("runs", values["run_name"])
-    return values
+    return values, {"file": file, "sources": sources}
+
+
+def describe_settings(values: dict, origin: dict) -> str:
+    """What the run takes from its settings file and from the command line, for the first lines it prints."""
+    def listed(source):
+        names = [n for n, s in origin["sources"].items() if s == source and n in HYPERPARAMETER_FLAGS]
+        return " ".join(f"{n}={values[n]}" for n in names) or "nothing"
+
+    lines = [f"train: {values['dataset']}, {values['method']}, {values['classes_per_task']} class(es) a task; "
+             f"settings {origin['file']}"]
+    if origin["file"]:
+        lines.append(f"  from {origin['file']}: {listed(origin['file'])}")
+    lines.append(f"  from the command line: {listed('command line')}")
+    return "\n".join(lines)
 
 
 def use_xla(setting: str) -> bool:
@@ -182,22 +222,27 @@ def use_xla(setting: str) -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-FLAG_NAMES = ("dataset", "method", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
+FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
-              "ewc_gamma", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "icarl_memory", "mergan_mode",
+              "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after", "icarl_memory", "mergan_mode",
               "alignment_weight", "strategy", "cpu_replicas")
+# The flags that change what is learned (not where it is written or on which devices).
+HYPERPARAMETER_FLAGS = tuple(n for n in FLAG_NAMES if n not in (
+    "settings", "data_dir", "workdir", "export_dir", "run_name", "checkpoint_every", "strategy", "cpu_replicas", "jit_compile"))
 
 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; pass everything as --flags")
-    values = resolve({name: FLAGS[name].value for name in FLAG_NAMES})
     try:
+        values, origin = resolve({name: FLAGS[name].value for name in FLAG_NAMES},
+                                 given={name for name in FLAG_NAMES if FLAGS[name].present})
         check_flags(values)
     except FlagError as err:
         sys.exit(f"train: {err}")
+    print(describe_settings(values, origin), flush=True)
 
     import keras  # noqa: PLC0415 (after the flags: a bad flag fails in a second, not after TF's import)
     import tensorflow as tf  # noqa: PLC0415
@@ -218,7 +263,7 @@ def main(argv):
         dataset=values["dataset"], method=values["method"], classes_per_task=values["classes_per_task"],
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],
         data_dir=values["data_dir"], workdir=values["workdir"], export_dir=values["export_dir"],
-        run_name=values["run_name"], hp=hp, flags=values, checkpoint_every=values["checkpoint_every"],
+        run_name=values["run_name"], hp=hp, flags=values, settings=origin, checkpoint_every=values["checkpoint_every"],
         strategy=values["strategy"])
     try:
         runner.run(cfg)

@@ -29,13 +29,24 @@ def test_accuracy_at_reads_the_task_that_completes_the_classes():
     assert benchmark.mid_point(10, 1) == 5 and benchmark.mid_point(10, 2) == 6 and benchmark.mid_point(50, 10) == 30
 
 
-def test_flagfile_wins_only_where_it_exists_and_budget_flags_come_last(tmp_path):
-    cmd = benchmark.train_command(benchmark.select_entries("dgmw")[0], "mnist", 2, str(tmp_path), dict(
+def test_every_entry_runs_through_its_settings_file_and_budget_flags_come_last(tmp_path):
+    cmd = benchmark.train_command(benchmark.select_entries("ewc_m")[0], "mnist", 2, str(tmp_path), dict(
         seed=3, epochs_per_task=1, steps_per_task=0, data_dir=None))
-    assert cmd[3] == f"--flagfile={os.path.join(ROOT, 'flags', 'mnist_dgmw.cfg')}"
+    assert cmd[3] == "--settings=ewc_m" and "--dataset=mnist" in cmd
     assert cmd.index("--classes_per_task=2") > 3 and cmd[-1] == "--epochs_per_task=1"
-    no_file = benchmark.train_command(benchmark.select_entries("dgma")[0], "cifar10", 1, str(tmp_path), dict(seed=0))
-    assert "--method=dgma" in no_file
+
+
+def test_a_pair_without_settings_is_refused_before_anything_runs(tmp_path):
+    benchmark.check_settings(benchmark.select_entries("all"), "mnist")  # every MNIST entry has its file
+    with pytest.raises(benchmark.BenchmarkError, match=r"no settings for --dataset=cifar10 with ewc, icarl: "
+                       r"flags/cifar10_ewc.cfg, flags/cifar10_icarl.cfg missing"):
+        benchmark.check_settings(benchmark.select_entries("dgmw,ewc,icarl"), "cifar10")
+    proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--dataset=svhn_cropped", "--methods=dgmw,icarl",
+                           f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode != 0 and not os.listdir(tmp_path)
+    assert [line for line in proc.stderr.splitlines() if line.strip()][-1].startswith(
+        "benchmark: no settings for --dataset=svhn_cropped with icarl: flags/svhn_cropped_icarl.cfg missing")
 
 
 def test_a_finished_entry_is_reused_only_for_the_same_run():

@@ -1,11 +1,12 @@
 """iCaRL: exact exemplar budgets, herding, the nearest-mean rule, distillation targets, the
 export, checkpoints, and old classes kept on real MNIST where fine-tuning loses them."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgm_keras import checkpointing, data, expansion, export, memory, networks
+from dgm_keras import checkpointing, data, evaluation, expansion, export, memory, monitoring, networks
 from dgm_keras.methods import base, icarl, supervised
 
 SCENARIO = data.make_scenario("mnist", 1)
@@ -26,34 +27,61 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _every(split, stride):
+    return data.SplitArrays(split.images[::stride], split.labels[::stride])
+
+
+class EpochEndLogits(keras.callbacks.Callback):
+    """Keeps ``classifier_fn()``'s logits on ``images`` at every epoch end: what the runner's
+    validation selector scores there."""
+
+    def __init__(self, classifier_fn, images):
+        super().__init__()
+        self.classifier_fn, self.images, self.logits = classifier_fn, images, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logits.append(np.asarray(self.classifier_fn()(self.images)))
+
+
 @pytest.fixture(scope="module")
 def runs(mnist_scenario_data):
-    """Three tasks of iCaRL (memory snapshots after each) and of fine-tuning, same steps."""
+    """Three tasks of iCaRL (memory snapshots after each) and of fine-tuning, same steps.
+
+    Each iCaRL task also runs the runner's validation selector and records what the selected
+    classifier predicts at its epoch ends, beside the strict and exported one at the task's end
+    (observers only: scoring runs the network in inference mode and draws no random numbers)."""
     train = mnist_scenario_data.train
+    validation, test = _every(mnist_scenario_data.validation, 3), _every(mnist_scenario_data.test, 3)
+    probe = mnist_scenario_data.test.of_classes(range(TASKS)).images[::10]
     method = icarl.ICaRL(SCENARIO, 1, _hp())
-    snapshots, previous_unchanged, trained_on = [], [], []
+    snapshots, previous_unchanged, trained_on, selection = [], [], [], []
     for task in range(TASKS):
         part = _part(train, task)
         method.begin_task(task, part)
         trained_on.append(np.bincount(method.task_data.labels).tolist())
         previous = method.trainer.previous
         before = [v.numpy().copy() for v in previous.variables] if previous is not None else []
-        method.train_task(task, part, [])
+        selector = monitoring.ValidationSelector(method.classifier, validation, test, SCENARIO, task)
+        epoch_ends = EpochEndLogits(method.classifier, probe)
+        method.train_task(task, part, [selector, epoch_ends])
         if previous is not None:
             previous_unchanged += [np.array_equal(b, v.numpy()) for b, v in zip(before, previous.variables)]
         method.end_task(task)
         snapshots.append({c: images.copy() for c, images in method.memory.images.items()})
+        selection.append({"selected": selector.best, "epoch_end_logits": epoch_ends.logits,
+                          "strict": evaluation.evaluate_after_task(method.classifier(), test, SCENARIO, task),
+                          "exported_logits": np.asarray(method.classifier_model()(probe))})
     finetune = supervised.Supervised(SCENARIO, 1, _hp(), joint=False)
     for task in range(TASKS):
         part = _part(train, task)
         finetune.begin_task(task, part)
         finetune.train_task(task, part, [])
         finetune.end_task(task)
-    return method, snapshots, previous_unchanged, finetune, trained_on
+    return method, snapshots, previous_unchanged, finetune, trained_on, selection
 
 
 def test_memory_holds_exactly_the_budget_and_old_exemplars_are_prefixes(runs, mnist_scenario_data):
-    method, snapshots, _, _, trained_on = runs
+    method, snapshots, _, _, trained_on, _ = runs
     for task, snap in enumerate(snapshots):
         per_class = BUDGET // (task + 1)
         assert sorted(snap) == list(range(task + 1))
@@ -145,7 +173,7 @@ def test_previous_network_is_frozen_while_a_task_is_learned(runs):
 
 
 def test_old_classes_kept_far_above_fine_tuning(runs, mnist_scenario_data):
-    method, _, _, finetune, _ = runs
+    method, _, _, finetune, _, _ = runs
     old = mnist_scenario_data.test.of_classes(range(TASKS - 1))
     icarl_old = np.mean(np.asarray(method.classifier()(old.images)).argmax(-1) == old.labels)
     finetune_old = np.mean(np.asarray(finetune.classifier()(old.images)).argmax(-1) == old.labels)
@@ -153,6 +181,22 @@ def test_old_classes_kept_far_above_fine_tuning(runs, mnist_scenario_data):
     icarl_all = np.mean(np.asarray(method.classifier()(seen.images)).argmax(-1) == seen.labels)
     assert icarl_old > 0.85 and icarl_all > 0.85
     assert icarl_old > finetune_old + 0.5
+
+
+def test_selection_scores_the_exported_nearest_mean_of_exemplars(runs):
+    """The selected figure must belong to a model that exists: at the last epoch end (the
+    network as the task ends) the classifier the selector scores is the one exported, down to
+    its logits; the means over all of the task's training images, or over the old classes'
+    exemplars before they are cut to the new budget, would move every logit. With one epoch per
+    task the selected scores are then the strict ones, exactly."""
+    selection = runs[5]
+    for task, record in enumerate(selection):
+        assert len(record["epoch_end_logits"]) == 1  # steps_per_task: one epoch, so its end is the task's end
+        last = record["epoch_end_logits"][-1]
+        assert last.shape == record["exported_logits"].shape == (len(last), task + 1)
+        np.testing.assert_allclose(last, record["exported_logits"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(last.argmax(-1), record["exported_logits"].argmax(-1))
+        assert record["selected"] == record["strict"]
 
 
 def test_export_predicts_like_the_live_nearest_mean_classifier(runs, mnist_scenario_data, tmp_path):

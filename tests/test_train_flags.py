@@ -15,7 +15,7 @@ def _values(tmp_path, **over):
     values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
     values.update(data_dir=str(tmp_path / "data"), workdir=str(tmp_path / "work"), export_dir=str(tmp_path / "exp"))
     values.update(over)
-    return train.resolve(values)
+    return train.resolve(values, given=set(over) | {"data_dir", "workdir", "export_dir"})[0]
 
 
 @pytest.mark.parametrize("over,pattern", [
@@ -69,8 +69,18 @@ def test_ac_gan_term_is_on_by_default_only_when_a_task_has_several_classes(tmp_p
     # The critic never sees labels: with two classes a task only the AC term ties G(z, y) to class y.
     assert _values(tmp_path)["ac_weight"] == 0.0  # one class a task: the reference code's setting
     assert _values(tmp_path, classes_per_task=2)["ac_weight"] == 1.0
+    assert _values(tmp_path, method="dgma", classes_per_task=5)["ac_weight"] == 1.0
     assert _values(tmp_path, classes_per_task=2, ac_weight=0.0)["ac_weight"] == 0.0  # an explicit value wins
     assert _values(tmp_path, ac_weight=0.5)["ac_weight"] == 0.5
+
+
+@pytest.mark.parametrize("classes_per_task", [1, 2])
+def test_mergan_always_gets_the_label_signal(tmp_path, classes_per_task):
+    # A per-method fact: MeRGAN's conditional generator has no other label signal, whatever the split
+    # and whether or not its settings file says so.
+    assert _values(tmp_path, method="mergan", classes_per_task=classes_per_task)["ac_weight"] == 1.0
+    assert _values(tmp_path, method="mergan", settings="mergan_ra", classes_per_task=classes_per_task)["ac_weight"] == 1.0
+    assert _values(tmp_path, method="mergan", ac_weight=0.25)["ac_weight"] == 0.25
 
 
 def test_cli_bad_flag_exits_with_one_line_and_writes_nothing(tmp_path):

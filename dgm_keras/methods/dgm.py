@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, distribution, expansion, gan, networks
+from dgm_keras import config, data, distribution, expansion, gan, networks
 from dgm_keras.methods import base
 
 
@@ -171,8 +171,10 @@ class DGM(base.ContinualMethod):
     name = "dgmw"
 
     def __init__(self, scenario: data.Scenario, channels: int, hp: base.HyperParams, mask_mode: str = "weight"):
-        super().__init__(scenario, channels, hp)
-        self.name = "dgmw" if mask_mode == "weight" else "dgma"
+        name = "dgmw" if mask_mode == "weight" else "dgma"
+        super().__init__(scenario, channels, config.with_method_defaults(name, scenario.classes_per_task, hp))
+        self.name = name
+        hp = self.hp
         ngf = hp.ngf
         self.gen = networks.Generator((4 * ngf, 2 * ngf, ngf), scenario.num_classes, channels, mask_mode,
                                       mask_init=hp.mask_init, name="generator").build_all()

@@ -116,6 +116,7 @@ class ICaRL(supervised.Supervised):
         self.herding: dict[int, np.ndarray] = {}  # class -> its kept images' indices among its training images
         self.nme: NearestMeanClassifier | None = None
         self.task_train: data.SplitArrays | None = None  # set while a task is learned
+        self.task: int | None = None  # the task being learned, with ``task_train``
         self.memory_sizes: list[int] = []
         self.exemplars_per_class: list[list[int]] = []
 
@@ -144,7 +145,7 @@ class ICaRL(supervised.Supervised):
         self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
                      if previous is None else expansion.grow_discriminator(previous, seen, self.channels))
         self.nme = NearestMeanClassifier(self.disc, self.feature_size(), name="nearest_mean_classifier")
-        self.task_train = train
+        self.task_train, self.task = train, task
         kept = self.memory.arrays()
         self.task_data = train if kept is None else data.SplitArrays(
             np.concatenate([train.images, kept.images]), np.concatenate([train.labels, kept.labels]))
@@ -152,15 +153,28 @@ class ICaRL(supervised.Supervised):
         self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
                              jit_compile=self.hp.jit_compile)
 
-    def end_task(self, task):
+    def exemplars_if_ended(self, task) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """The exemplar sets ``end_task`` would keep if the task ended now, with the network as
+        it is now: every seen class gets m = K // t; old classes keep the first m of theirs,
+        the task's new classes get m picked by herding. Returns (images per class, the new
+        classes' herding orders). One definition for the task's end and for the epoch ends the
+        validation selector scores, so the selected figure belongs to a classifier that could
+        be exported."""
         per_class = self.hp.icarl_memory // self.scenario.seen_classes(task)
-        self.memory.shrink(per_class)
+        kept = {label: images[:per_class] for label, images in self.memory.images.items()}
+        orders = {}
         for label in self.scenario.task_classes(task):
             images = self._class_images(self.task_train, label)
-            self.herding[label] = memory.herding_order(self.features(images), per_class)
-            self.memory.images[label] = images[self.herding[label]]
+            orders[label] = memory.herding_order(self.features(images), per_class)
+            kept[label] = images[orders[label]]
+        return kept, orders
+
+    def end_task(self, task):
+        kept, orders = self.exemplars_if_ended(task)
+        self.memory.images = kept
+        self.herding.update(orders)
         self.nme.class_means.assign(self.class_means(self.memory.images))
-        self.task_train = None
+        self.task_train, self.task = None, None
         self.memory_sizes.append(len(self.memory))
         self.exemplars_per_class.append([len(self.memory.images[c]) for c in self.memory.classes()])
 
@@ -168,14 +182,15 @@ class ICaRL(supervised.Supervised):
     def classifier(self):
         """NME logits (negative squared distances to the class means; see ``nme_logits``).
 
-        While a task is learned (the runner's validation selector scores each epoch) the new
-        classes have no exemplars yet: their means are taken over all their training images,
-        the old classes' over their exemplars, all with the network as it is now.
+        While a task is learned (the runner's validation selector scores each epoch) this is
+        the classifier that would be exported if the task ended now: the means of the exemplar
+        sets ``end_task`` would keep (``exemplars_if_ended``), with the network as it is now.
+        Means over all of the task's training images would score a model that never exists.
         """
         if self.task_train is None:
             return self.nme
-        new = {int(c): self._class_images(self.task_train, c) for c in np.unique(self.task_train.labels)}
-        means, disc = self.class_means({**self.memory.images, **new}), self.disc
+        kept, _ = self.exemplars_if_ended(self.task)
+        means, disc = self.class_means(kept), self.disc
         return lambda images: nme_logits(disc.features(images, training=False), means)
 
     def classifier_model(self):

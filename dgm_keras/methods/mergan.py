@@ -124,7 +124,8 @@ class MeRGAN(base.ContinualMethod):
     name = "mergan"
 
     def __init__(self, scenario: data.Scenario, channels: int, hp: base.HyperParams):
-        super().__init__(scenario, channels, hp)
+        super().__init__(scenario, channels, config.with_method_defaults("mergan", scenario.classes_per_task, hp))
+        hp = self.hp
         if hp.mergan_mode not in config.MERGAN_MODES:
             raise ValueError(f"mergan_mode={hp.mergan_mode!r}; allowed: {', '.join(config.MERGAN_MODES)}")
         self.gen = networks.PlainGenerator((4 * hp.ngf, 2 * hp.ngf, hp.ngf), scenario.num_classes, channels,
