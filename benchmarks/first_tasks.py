@@ -4,7 +4,8 @@ with A_t and how recognisable the replay is (the referee of replay_quality.py).
     python benchmarks/first_tasks.py --tasks=3 --set=d_norm=batch --set=steps_per_task=250
     python benchmarks/first_tasks.py --tasks=3 --set=d_norm=layer --set=steps_per_task=250
 
-Prints one line per task: seconds, A_t, accuracy per task, share of replay the referee
+Prints one line per task: seconds, A_t and accuracy per task on the real *validation* split
+(hyperparameters are chosen there, never on test), share of replay the referee
 recognises per class, the last Wasserstein estimate and gradient penalty, mask usage and
 the generator's widths.
 """
@@ -67,12 +68,12 @@ def main(argv):
         losses = method.train_task(task, train, [])
         method.end_task(task)
         seconds = time.time() - start
-        scores = evaluation.evaluate_after_task(method.classifier(), splits.test, scenario, task)
+        scores = evaluation.evaluate_after_task(method.classifier(), splits.validation, scenario, task)
         recognised = []
         for c in range(task + 1):
             samples = method.sample(np.full(300, c, np.int32), seed=hp.seed + 7)
             recognised.append(float(np.mean(np.argmax(judge.predict(samples, verbose=0), -1) == c)))
-        print(f"task {task + 1}: {seconds:.0f} s, A_t {100 * scores['accuracy']:.2f}, "
+        print(f"task {task + 1}: {seconds:.0f} s, validation A_t {100 * scores['accuracy']:.2f}, "
               f"per task {[round(100 * a, 1) for a in scores['per_task']]}, "
               f"replay recognised {[round(100 * r) for r in recognised]}, W {losses['wasserstein']:.1f}, "
               f"GP {losses['gradient_penalty']:.2f}, mask usage {losses['mask_usage']:.2f}, "

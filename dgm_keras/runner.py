@@ -88,6 +88,9 @@ def fresh_results(cfg: RunConfig, scenario, splits, hp) -> dict:
                    "validation": 0 if splits.validation is None else len(splits.validation.labels)},
         "accuracy_matrix": [], "A_t": [], "per_class_accuracy": [],
         "accuracy_matrix_selected": [], "A_t_selected": [],
+        # Accuracy on the real validation split of the seen classes: the model as the task ends,
+        # and the best epoch's (the one the selected figures score). Settings are chosen on these.
+        "A_t_validation": [], "A_t_validation_selected": [],
         "task_seconds": [], "checkpoint_seconds": [], "exports": [], "resumed_at": [],
     }
 
@@ -191,6 +194,10 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
         results["per_class_accuracy"].append(strict["per_class"])
         results["accuracy_matrix_selected"].append(selected["per_task"])
         results["A_t_selected"].append(selected["accuracy"])
+        if splits.validation is not None:  # what choices of settings are made on (never on test)
+            results["A_t_validation"].append(
+                evaluation.evaluate_after_task(method.classifier(), splits.validation, scenario, task)["accuracy"])
+            results["A_t_validation_selected"].append(selector.best_val)
         results["last_losses"] = losses
         results.update({f"{k}": v for k, v in evaluation.summarise(results["accuracy_matrix"]).items()})
         results.update({f"{k}_selected": v for k, v in evaluation.summarise(results["accuracy_matrix_selected"]).items()})
