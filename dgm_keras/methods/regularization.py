@@ -5,12 +5,18 @@ All three keep, per classifier parameter, an importance Omega and an anchor thet
 parameter had when the last task ended), and add ``strength * sum Omega (theta - theta*)^2`` to
 the loss of later tasks. They differ in how Omega is measured:
 
-- EWC (Kirkpatrick et al. 2017, online): the diagonal empirical Fisher of the task's data,
-  computed after the task, accumulated as ``F <- gamma F + F_t``;
+- EWC (Kirkpatrick et al. 2017, online): the diagonal Fisher of the task's data, computed after
+  the task on a seeded subset of 1,024 of its images, accumulated as ``F <- gamma F + F_t``.
+  ``hp.ewc_fisher`` picks the labels: "empirical" (the default) takes each image's own label;
+  "sampled" takes the paper's Fisher, labels drawn from the model's own softmax, in expectation
+  over the classes (``sum_k p_k g_k^2``) rather than by one draw per image: as exact, with no
+  seed to keep and no sampling noise, at one backward pass per class;
 - SI (Zenke et al. 2017): the path integral of the task loss along the training trajectory,
   ``w = sum -g * delta`` per step, divided at the task's end by the squared total move;
-- RWalk (Chaudhry et al. 2018): the same path integral, each step divided by the KL distance it
-  travelled (``0.5 F delta^2``, F a running empirical Fisher), plus that Fisher.
+- RWalk (Chaudhry et al. 2018): EWC++'s running Fisher (a moving average of squared gradients,
+  updated every few steps) plus path scores: the loss change of each interval of steps divided
+  by the distance it travelled (``F Delta^2``, the authors' code), clipped at zero; both min-max normalised
+  at the task's end (``RiemannianWalk`` says where it follows the authors' code and where not).
 
 The path integrals and the running Fisher are accumulated inside the compiled train step.
 The classifier is the discriminator's trunk and growing head, as for every method; in the
@@ -29,7 +35,8 @@ from dgm_keras import data, memory, networks
 from dgm_keras.methods import base, supervised
 
 FISHER_EXAMPLES = 1024  # EWC: a seeded subset of the task's images; per-example gradients cost ~2 ms each here
-RWALK_EPSILON = 1e-3  # RWalk's damping of a step's KL distance (the authors' code, PARAM_XI_STEP)
+RWALK_EPSILON = 1e-3  # RWalk's damping of an interval's KL distance (the authors' code, PARAM_XI_STEP)
+RWALK_NORMALISATION_EPSILON = 1e-32  # keeps a constant Fisher or score at 0 (the authors' code, EPSILON)
 
 
 def _key(variable) -> str:
@@ -48,12 +55,17 @@ def carried(old: np.ndarray | None, shape) -> np.ndarray:
 
 class ParameterSlots:
     """Named per-parameter quantities (importance, anchor, accumulators), each a list of
-    non-trainable variables aligned with the classifier's variables."""
+    non-trainable variables aligned with the classifier's variables, and named scalar counters.
 
-    def __init__(self, names: tuple[str, ...]):
+    Everything here is in ``variables()``, which the checkpoints save: a resumed run continues
+    every accumulator, counters included, exactly where it stopped."""
+
+    def __init__(self, names: tuple[str, ...], counters: tuple[str, ...] = ()):
         self.names = names
         self.params: list = []
         self.slots: dict[str, list] = {name: [] for name in names}
+        # Not per parameter: growth leaves them as they are.
+        self.counters = {name: keras.Variable(0, dtype="int64", trainable=False, name=name) for name in counters}
 
     def attach(self, params: list) -> None:
         """Re-aligns every slot with ``params`` (the grown classifier's variables), carrying old values."""
@@ -67,29 +79,60 @@ class ParameterSlots:
         return self.slots[name]
 
     def variables(self) -> dict[str, list]:
-        return dict(self.slots)
+        return {**self.slots, **{name: [counter] for name, counter in self.counters.items()}}
+
+
+def _squared_gradient_sums(disc: networks.Discriminator, params: list):
+    """A compiled ``(x, y, w) -> [sum_i w_i (d log p(y_i | x_i) / d theta)^2 per parameter]``,
+    one gradient per example (inference mode)."""
+
+    @tf.function(reduce_retracing=True)
+    def sums(x, y, w):
+        def one(example):
+            xi, yi, wi = example
+            with tf.GradientTape() as tape:
+                log_likelihood = -keras.losses.sparse_categorical_crossentropy(
+                    yi[None], disc.classify(xi[None], training=False), from_logits=True)
+            return [wi * ops.square(g) for g in tape.gradient(log_likelihood, params)]
+
+        return [ops.sum(g, axis=0) for g in tf.vectorized_map(one, (x, y, w))]
+
+    return sums
 
 
 def empirical_fisher(disc: networks.Discriminator, params: list, arrays: data.SplitArrays,
                      batch_size: int) -> list[np.ndarray]:
     """Diagonal empirical Fisher, per example: the mean over ``arrays`` of the squared gradient
     of each example's log-likelihood of its own label (inference mode)."""
-
-    @tf.function(reduce_retracing=True)
-    def summed_squares(x, y):
-        def one(example):
-            xi, yi = example
-            with tf.GradientTape() as tape:
-                log_likelihood = -keras.losses.sparse_categorical_crossentropy(
-                    yi[None], disc.classify(xi[None], training=False), from_logits=True)
-            return [ops.square(g) for g in tape.gradient(log_likelihood, params)]
-
-        return [ops.sum(g, axis=0) for g in tf.vectorized_map(one, (x, y))]
-
+    sums = _squared_gradient_sums(disc, params)
     totals = [np.zeros(p.shape, np.float32) for p in params]
     for x, y in data.make_pipeline(arrays, batch_size, shuffle=False):
-        totals = [t + s.numpy() for t, s in zip(totals, summed_squares(x, y))]
+        totals = [t + s.numpy() for t, s in zip(totals, sums(x, y, tf.ones(tf.shape(y))))]
     return [t / len(arrays.labels) for t in totals]
+
+
+def expected_fisher(disc: networks.Discriminator, params: list, arrays: data.SplitArrays,
+                    batch_size: int) -> list[np.ndarray]:
+    """Diagonal Fisher of the model's own predictive distribution (the EWC paper's): the mean
+    over ``arrays`` of ``sum_k p_k(x) (d log p_k(x) / d theta)^2``, the labels' expectation under
+    the model's softmax taken exactly. Unlike the empirical Fisher it ignores the data's labels:
+    a confident model has a small Fisher whether it is right or wrong."""
+    sums = _squared_gradient_sums(disc, params)
+    totals = [np.zeros(p.shape, np.float32) for p in params]
+    for x, y in data.make_pipeline(arrays, batch_size, shuffle=False):
+        probabilities = ops.softmax(disc.classify(x, training=False), axis=-1)
+        for k in range(probabilities.shape[-1]):  # one pass per class: a batch's memory, not a batch times classes
+            labels = tf.fill(tf.shape(y), tf.constant(k, y.dtype))
+            totals = [t + s.numpy() for t, s in zip(totals, sums(x, labels, probabilities[:, k]))]
+    return [t / len(arrays.labels) for t in totals]
+
+
+def min_max_normalised(values: list) -> list:
+    """``values`` through the one affine map that sends their smallest entry (over all of them,
+    not per layer, as the authors' code) to 0 and their largest to 1."""
+    low = ops.min(ops.stack([ops.min(v) for v in values]))
+    high = ops.max(ops.stack([ops.max(v) for v in values]))
+    return [(v - low) / (high - low + RWALK_NORMALISATION_EPSILON) for v in values]
 
 
 class Regularizer:
@@ -100,10 +143,11 @@ class Regularizer:
     """
 
     slot_names: tuple[str, ...] = ("importance", "anchor")
+    counter_names: tuple[str, ...] = ()
 
     def __init__(self, hp: base.HyperParams):
         self.hp = hp
-        self.slots = ParameterSlots(self.slot_names)
+        self.slots = ParameterSlots(self.slot_names, self.counter_names)
         self.disc = None
 
     @property
@@ -144,17 +188,23 @@ class Regularizer:
 
 
 class FisherPenalty(Regularizer):
-    """Online EWC: ``F <- gamma F + F_t``, penalty ``lambda / 2 * sum F (theta - theta*)^2``."""
+    """Online EWC: ``F <- gamma F + F_t``, penalty ``lambda / 2 * sum F (theta - theta*)^2``;
+    ``F_t`` the empirical Fisher or, with ``hp.ewc_fisher == "sampled"``, the model's own."""
+
+    fishers = {"empirical": empirical_fisher, "sampled": expected_fisher}
 
     @property
     def strength(self):
         return self.hp.ewc_lambda / 2.0
 
     def consolidate(self, task, train):
+        if self.hp.ewc_fisher not in self.fishers:
+            raise ValueError(f"ewc_fisher={self.hp.ewc_fisher!r}: expected one of {', '.join(self.fishers)}")
         count = min(FISHER_EXAMPLES, len(train.labels))
         pick = np.sort(np.random.default_rng(self.hp.seed * 1000 + task).permutation(len(train.labels))[:count])
-        fisher = empirical_fisher(self.disc, self.params, data.SplitArrays(train.images[pick], train.labels[pick]),
-                                  self.hp.batch_size)
+        fisher = self.fishers[self.hp.ewc_fisher](self.disc, self.params,
+                                                  data.SplitArrays(train.images[pick], train.labels[pick]),
+                                                  self.hp.batch_size)
         for omega, f in zip(self.slots["importance"], fisher):
             omega.assign(self.hp.ewc_gamma * omega.numpy() + f)
         self.set_anchor()
@@ -189,31 +239,92 @@ class PathIntegral(Regularizer):
 
 
 class RiemannianWalk(Regularizer):
-    """RWalk: a running empirical Fisher ``F <- alpha g^2 + (1 - alpha) F`` (g the batch's
-    gradient, every step); per step ``s += -g * delta / (0.5 F delta^2 + eps)``; at the task's
-    end the scores are ``max(s, 0)`` averaged with the previous scores (the first task's taken as
-    they are), and the importance is ``F + scores``; penalty ``lambda * sum (F + s)(theta - theta*)^2``."""
+    """RWalk as the authors' code has it (facebookresearch/agem, ``model/model.py`` and the
+    ``RWALK`` branch of ``fc_permute_mnist.py``), with ``K = hp.rwalk_fisher_update_after`` (their
+    ``fisher_update_after``: 10 in their MNIST script, 50 in their CIFAR one) and ``alpha =
+    hp.rwalk_alpha`` (their ``fisher_ema_decay``, 0.9 in both: despite the name, the weight of the
+    new interval, ``F <- (1 - decay) F + decay * mean``):
 
-    slot_names = ("importance", "anchor", "fisher", "path", "scores")
+    - every step, with g the step's gradient of the unregularised loss and delta its move:
+      ``path += -g * delta`` (the interval's loss change) and ``grad_squares += g^2``;
+    - every K steps, the interval closes: ``task_scores += max(path / (F Delta^2 + eps), 0)``
+      with Delta the move since the interval began and F the running Fisher as it stood (zero at
+      the very start: the first interval's scores are damped by eps alone, as theirs); then
+      ``F <- alpha grad_squares / K + (1 - alpha) F`` (EWC++), and path and grad_squares restart;
+    - at the task's end: an unfinished interval is dropped; ``scores`` become the task's scores
+      (the first task) or their mean with the previous ones; F and the scores are each min-max
+      normalised over all parameters at once, and ``importance = F_n + scores_n``; F itself runs
+      on across tasks. Penalty: ``lambda * sum importance (theta - theta*)^2`` (their
+      ``synap_stgth``, 1 for RWALK in their MNIST and CIFAR runs).
+
+    The distance is their code's ``F Delta^2``; the paper writes the KL distance as ``0.5 F Delta^2``
+    (after min-max normalisation the two differ only in how much eps weighs).
+
+    Where it differs from their code, and why:
+
+    - intervals of exactly K steps, so that ``grad_squares / K`` is the interval's mean: their loop
+      closes one before step ``iters`` when ``(iters + 1) % K == 0``, so each task's first interval
+      has K - 1 steps (still divided by K);
+    - ``grad_squares`` restarts with every interval, as in their EWC loop and in EWC++; their RWALK
+      loop only clears it at the task's end, so its "interval mean" grows as a sum over the task;
+    - the scores of consecutive tasks are averaged, ``s <- (s + s_t) / 2``, as the paper and their
+      comment ("the importance scores are averaged") say; their op is ``assign_add``, which makes
+      ``1.5 s + 0.5 s_t`` (their doubling of the first task's scores is the "as they are" here);
+    - the classifier head grows: a new task's units start with zero Fisher, scores and importance
+      (no past task used them) and their moves count from their initial values; their head is
+      fixed and masked. The normalisations span the parameters that exist at the task's end;
+    - with a memory ("-M"), g is the gradient of the class-balanced loss of the current and the
+      replayed batch; theirs has no memory for RWalk.
+    """
+
+    slot_names = ("importance", "anchor", "fisher", "grad_squares", "path", "interval_start", "task_scores",
+                  "scores")
+    counter_names = ("step",)  # steps of the current task: where the intervals close
 
     @property
     def strength(self):
         return self.hp.rwalk_lambda
 
+    def attach(self, disc):
+        super().attach(disc)
+        # A new unit's move is counted from its initial value (as SI's task_start), not from 0.
+        for start, p in zip(self.slots["interval_start"], self.params):
+            start.assign(p)
+
     def observe_step(self, task_grads, before):
-        alpha = self.hp.rwalk_alpha
-        for f, s, g, p, b in zip(self.slots["fisher"], self.slots["path"], task_grads, self.params, before):
-            f.assign(alpha * ops.square(g) + (1.0 - alpha) * f)
-            delta = p - b
-            s.assign_add(-g * delta / (0.5 * f * ops.square(delta) + RWALK_EPSILON))
+        for path, squares, g, p, b in zip(self.slots["path"], self.slots["grad_squares"], task_grads, self.params,
+                                          before):
+            path.assign_add(-g * (p - b))
+            squares.assign_add(ops.square(g))
+        step = self.slots.counters["step"]
+        step.assign_add(1)
+        # A tensor condition, decided in the compiled step, not when it is traced.
+        tf.cond(ops.equal(step % self.hp.rwalk_fisher_update_after, 0), self.close_interval, lambda: None)
+
+    def close_interval(self) -> None:
+        """The interval's clipped scores with the Fisher it began with, then the Fisher's update."""
+        alpha, every = self.hp.rwalk_alpha, self.hp.rwalk_fisher_update_after
+        for fisher, squares, path, start, scores, p in zip(
+                self.slots["fisher"], self.slots["grad_squares"], self.slots["path"], self.slots["interval_start"],
+                self.slots["task_scores"], self.params):
+            distance = fisher * ops.square(p - start) + RWALK_EPSILON
+            scores.assign_add(ops.relu(path / distance))  # an interval that raised the loss earns nothing
+            fisher.assign(alpha * squares / every + (1.0 - alpha) * fisher)
+            start.assign(p)
+            path.assign(ops.zeros_like(path))
+            squares.assign(ops.zeros_like(squares))
 
     def consolidate(self, task, train):
-        for omega, f, s, scores in zip(self.slots["importance"], self.slots["fisher"], self.slots["path"],
-                                       self.slots["scores"]):
-            new = ops.relu(s)  # "negative scores are set to zero": only what lowered the loss counts
+        for scores, new in zip(self.slots["scores"], self.slots["task_scores"]):
             scores.assign(new if task == 0 else 0.5 * (scores + new))
-            omega.assign(f + scores)
-            s.assign(ops.zeros_like(s))
+        fisher = min_max_normalised(self.slots["fisher"])
+        scores = min_max_normalised(self.slots["scores"])
+        for omega, f, s in zip(self.slots["importance"], fisher, scores):
+            omega.assign(f + s)
+        for name in ("path", "grad_squares", "task_scores"):  # the task's, and an unfinished interval
+            for v in self.slots[name]:
+                v.assign(ops.zeros_like(v))
+        self.slots.counters["step"].assign(0)
         self.set_anchor()
 
 
