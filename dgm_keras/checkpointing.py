@@ -9,7 +9,10 @@ Under ``<workdir>/checkpoints``:
   method, hyperparameters), the method's shapes to rebuild before restoring, and the
   results so far. It is written atomically *after* the checkpoint it names, and each
   manager keeps the previous checkpoint, so a kill at any moment leaves a state.json that
-  names complete checkpoints.
+  names complete checkpoints. It also records the run's id (which its export folder
+  records too: ``runfolders``), whether the newest finished task is exported yet, and the
+  state before the newest checkpoint (``previous``): ``--resume_from=previous`` resumes
+  from it when the newest checkpoint is damaged.
 
 Networks grow between tasks, so a restore first rebuilds the method to the recorded shapes
 (``ContinualMethod.set_state``), then reads the variables into it.
@@ -26,8 +29,11 @@ import keras
 import tensorflow as tf
 from keras.src.random import seed_generator
 
+from dgm_keras import runfolders
+
 STATE_FILE = "state.json"
 FORMAT = 1
+RESTART = "or rerun with --restart to set the old run aside and start over"
 
 
 class CheckpointError(ValueError):
@@ -53,51 +59,96 @@ def with_variable_lists(trackables: dict) -> dict:
     return out
 
 
+# state.json's fields and their types, checked before anything reads them: a file that is valid
+# JSON but not ours (edited by hand, another tool's) must stop the run with one line, not a traceback.
+_STATE_FIELDS = {"format": int, "identity": dict, "task_done": int, "task_checkpoint": (str, type(None)),
+                 "method_state": (dict, type(None)), "results": (dict, type(None)), "step": (dict, type(None))}
+_STEP_FIELDS = {"task": int, "step": int, "checkpoint": str}
+
+
+def check_state_schema(state) -> None:
+    """Raises ValueError naming the first field of ``state`` that is missing or of the wrong type."""
+    def check(obj, fields, where):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where} is a {type(obj).__name__}, expected an object")
+        for name, kind in fields.items():
+            if name not in obj:
+                raise ValueError(f"{where} lacks {name!r}")
+            if not isinstance(obj[name], kind) or isinstance(obj[name], bool) and kind is int:
+                raise ValueError(f"{where}[{name!r}] is {type(obj[name]).__name__}")
+
+    check(state, _STATE_FIELDS, "state")
+    if state["step"] is not None:
+        check(state["step"], _STEP_FIELDS, "state['step']")
+    if state["task_done"] >= 0 and (state["task_checkpoint"] is None or state["method_state"] is None
+                                    or state["results"] is None):
+        raise ValueError(f"state records task {state['task_done'] + 1} done but no checkpoint, method state or results")
+
+
+def resume_point(workdir: str) -> str:
+    """Where a rerun of ``workdir``'s run would resume, as state.json records it, for the Ctrl-C line."""
+    try:
+        with open(os.path.join(workdir, "checkpoints", STATE_FILE)) as f:
+            state = json.load(f)
+        check_state_schema(state)
+    except (OSError, ValueError):
+        return "nothing was checkpointed yet"
+    if state["step"] is not None:
+        return f"the last checkpoint is task {state['step']['task'] + 1} step {state['step']['step']}"
+    if state["task_done"] >= 0:
+        return f"the last checkpoint is the end of task {state['task_done'] + 1}"
+    return "nothing was checkpointed yet"
+
+
 class RunCheckpoints:
     def __init__(self, workdir: str, identity: dict):
         self.directory = os.path.join(workdir, "checkpoints")
         self.identity = identity
         self.seconds = 0.0  # time spent saving, for the overhead figure
         self.state = {"task_done": -1, "task_checkpoint": None, "method_state": None, "results": None, "step": None}
+        self.run_id = None  # recorded in state.json; None until this run has one
 
     @property
     def state_path(self) -> str:
         return os.path.join(self.directory, STATE_FILE)
 
     def load(self) -> dict | None:
-        """The recorded state, or None for a fresh run. Raises CheckpointError when it is
-        unreadable or belongs to another run."""
+        """The recorded state, or None for a fresh run (also when state.json names no checkpoint
+        yet: there is nothing to resume, the flags may change). Raises CheckpointError when it
+        is unreadable or belongs to another run."""
         if not os.path.exists(self.state_path):
             return None
         try:
             with open(self.state_path) as f:
                 state = json.load(f)
+            check_state_schema(state)
             recorded = state["identity"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{self.state_path} is corrupt ({type(err).__name__}: {err}); move the folder "
-                                  f"{self.directory} away or use another --workdir") from None
+                                  f"{self.directory} away, use another --workdir, {RESTART}") from None
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{self.state_path} has format {state.get('format')!r}, this code reads {FORMAT}; "
-                                  "use another --workdir")
+                                  f"use another --workdir, {RESTART}")
+        self.run_id = state.get("run_id")
+        if state.get("task_done", -1) < 0 and not state.get("step"):
+            return None  # written at the start of a run that stopped before its first checkpoint
         # The scenario and method first: they are what a user mixed up, more often than a learning rate.
-        first = ("dataset", "method", "classes_per_task", "class_order")
-        diff = sorted((k for k in set(recorded) | set(self.identity) if recorded.get(k) != self.identity.get(k)),
-                      key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
-        if diff:
-            k = diff[0]
+        differ = runfolders.first_difference(recorded, self.identity)
+        if differ:
+            k, n = differ
             raise CheckpointError(
                 f"the checkpoint in {self.directory} belongs to another run: {k}={recorded.get(k)!r} there, "
-                f"{self.identity.get(k)!r} now ({len(diff)} setting(s) differ); rerun with the same flags, "
-                "or use another --workdir")
+                f"{self.identity.get(k)!r} now ({n} setting(s) differ); rerun with the same flags, "
+                f"use another --workdir, {RESTART}")
         self.state = state
         return state
 
-    def _unusable(self, path: str, err: Exception) -> CheckpointError:
+    def _unusable(self, path: str, err: Exception, remedy: str | None = None) -> CheckpointError:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        return CheckpointError(f"checkpoint {path} is truncated, corrupt or does not match this run ({first}); "
-                               f"move {self.directory} away or use another --workdir")
+        remedy = remedy or f"move {self.directory} away, use another --workdir, {RESTART}"
+        return CheckpointError(f"checkpoint {path} is truncated, corrupt or does not match this run ({first}); {remedy}")
 
-    def verify(self, name: str) -> None:
+    def verify(self, name: str, remedy: str | None = None) -> None:
         """Reads every tensor of checkpoint ``name``: truncation shows here, not mid-run."""
         path = os.path.join(self.directory, name)
         try:
@@ -105,7 +156,26 @@ class RunCheckpoints:
             for key in reader.get_variable_to_shape_map():
                 reader.get_tensor(key)
         except Exception as err:  # noqa: BLE001 (TF raises OpError, ValueError, IndexError...)
-            raise self._unusable(path, err) from None
+            raise self._unusable(path, err, remedy) from None
+
+    def verify_state(self, state: dict, remedy: str | None = None) -> None:
+        """Reads every checkpoint a resume from ``state`` restores (its step's, its task's)."""
+        if state.get("step"):
+            self.verify(state["step"]["checkpoint"], remedy)
+        if state.get("task_done", -1) >= 0:
+            self.verify(state["task_checkpoint"], remedy)
+
+    def usable(self, state: dict | None) -> bool:
+        try:
+            self.verify_state(state or {})
+        except CheckpointError:
+            return False
+        return bool(state)
+
+    def use(self, state: dict) -> dict:
+        """Resume from ``state`` (the recorded ``previous``) instead of the newest."""
+        self.state = dict(state, previous=None)
+        return self.state
 
     def restore(self, trackables: dict, name: str) -> None:
         """Reads checkpoint ``name`` (as state.json records it) into ``trackables``; every
@@ -126,20 +196,34 @@ class RunCheckpoints:
         self.seconds += time.time() - start
         return os.path.relpath(path, self.directory)  # the run's folder may move
 
-    def save_task(self, task: int, trackables: dict, method_state: dict, results: dict) -> None:
+    def _previous(self) -> dict | None:
+        """The state now recorded, as the ``previous`` of the next checkpoint (the managers keep
+        the checkpoints it names: each keeps its two newest)."""
+        if self.state.get("task_done", -1) < 0 and not self.state.get("step"):
+            return None
+        return {k: v for k, v in self.state.items() if k not in ("previous", "format", "identity", "run_id")}
+
+    def save_task(self, task: int, trackables: dict, method_state: dict, results: dict, exported: bool = True) -> None:
+        """``exported``: False when the task's exports follow (``mark_exported`` records them):
+        a rerun after a failed export then exports the task without training it again."""
         path = self._save("tasks", trackables, task)
         self.write_state({"task_done": task, "task_checkpoint": path, "method_state": method_state,
-                          "results": results, "step": None, "complete": bool(results.get("complete"))})
+                          "results": results, "step": None, "exported": exported,
+                          "complete": bool(results.get("complete")), "previous": self._previous()})
+
+    def mark_exported(self, results: dict) -> None:
+        self.write_state(dict(self.state, results=results, exported=True, complete=bool(results.get("complete"))))
 
     def save_step(self, task: int, step: int, trackables: dict, extra: dict) -> None:
         path = self._save("steps", trackables, task * 1_000_000 + step)
-        self.write_state(dict(self.state, step={"task": task, "step": step, "checkpoint": path, **extra}))
+        self.write_state(dict(self.state, step={"task": task, "step": step, "checkpoint": path, **extra},
+                              previous=self._previous()))
 
     def write_state(self, state: dict) -> None:
         start = time.time()
         os.makedirs(self.directory, exist_ok=True)
         self.state = state
-        payload = dict(state, format=FORMAT, identity=self.identity)
+        payload = dict(state, format=FORMAT, identity=self.identity, run_id=self.run_id)
         tmp = f"{self.state_path}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(payload, f)
@@ -147,6 +231,14 @@ class RunCheckpoints:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_path)
         self.seconds += time.time() - start
+
+
+def describe(state: dict) -> str:
+    """Where a resume from ``state`` starts: "task 2 step 4", "end of task 1", "none yet"."""
+    step = state.get("step")
+    if step:
+        return f"task {step['task'] + 1} step {step['step']}"
+    return f"end of task {state['task_done'] + 1}" if state.get("task_done", -1) >= 0 else "none yet"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -172,10 +264,11 @@ class StepCheckpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        for name, value in (logs or {}).items():
-            if not math.isfinite(float(value)):
-                self.model.stop_training = True
-                raise NonFiniteLoss(f"{name} = {float(value)} at step {self.step} of the task")
+        bad = {name: float(value) for name, value in (logs or {}).items() if not math.isfinite(float(value))}
+        if bad:  # every term that blew up, so the message points at the one to fix (a penalty, a loss)
+            self.model.stop_training = True
+            terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
+            raise NonFiniteLoss(f"{terms} at step {self.step} of the task")
         if self._due() and self.step % self.steps_per_epoch:
             self.save(self.step)
 

@@ -13,6 +13,7 @@ only ever appends rows, and the class names travel with the scenario.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -140,10 +141,18 @@ def ensure_prepared(dataset: str, data_dir: str) -> None:
     try:
         builder.download_and_prepare()
     except Exception as err:  # network errors come in many types; the message says what to do
-        raise DataError(
-            f"dataset {dataset!r} is not in data_dir {data_dir!r} and TFDS could not fetch it "
-            f"({type(err).__name__}); prepare it offline with `python -m dgm_keras.prepare_data "
-            f"--dataset={dataset} --source=PATH` (source: {get_spec(dataset).offline_source})") from err
+        raise DataError(f"dataset {dataset!r} is not in data_dir {data_dir!r} and TFDS could not fetch it "
+                        f"({type(err).__name__}); {offline_advice(dataset, data_dir)}") from err
+
+
+def offline_advice(dataset: str, data_dir: str) -> str:
+    """What works without a network for ``dataset``: prepare_data where it has a builder, else TFDS's manual_dir."""
+    spec = get_spec(dataset)
+    if dataset == "imagenet50":
+        return (f"put the files of TFDS's {spec.tfds_name} in its manual_dir ({os.path.join(data_dir, 'downloads', 'manual')}: "
+                f"Imagenet32_train.zip and Imagenet32_val.zip from image-net.org) and rerun (docs/DATA.md)")
+    return (f"prepare it offline with `python -m dgm_keras.prepare_data --dataset={dataset} --source=PATH` "
+            f"(source: {spec.offline_source})")
 
 
 def label_names(dataset: str, data_dir: str) -> list[str]:
@@ -159,6 +168,16 @@ def load_split(scenario: Scenario, data_dir: str, split: str) -> SplitArrays:
     spec = get_spec(scenario.dataset)
     remap = np.full(max(spec.classes) + 1 if spec.name != "imagenet50" else 1000, -1, np.int32)
     remap[list(scenario.class_order)] = np.arange(scenario.num_classes, dtype=np.int32)
+    try:
+        return _read_split(tfds, spec, remap, split, data_dir)
+    except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise DataError(f"the prepared {spec.tfds_name} in {data_dir!r} is damaged or incomplete ({type(err).__name__}: "
+                        f"{first}); remove {os.path.join(data_dir, spec.tfds_name.split('/')[0])} and prepare it again: "
+                        f"{offline_advice(scenario.dataset, data_dir)}") from None
+
+
+def _read_split(tfds, spec, remap, split, data_dir) -> SplitArrays:
     remap_t = tf.constant(remap)
     ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, download=False, as_supervised=True)
 

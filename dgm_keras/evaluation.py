@@ -52,3 +52,22 @@ def format_table(matrix: list[list[float]], accuracies: list[float], title: str)
         cells = " ".join(f"{100 * v:6.2f}" for v in row) + " " * 7 * (n - len(row))
         lines.append(f"T{i + 1:<4d} | {cells}| {100 * accuracies[i]:6.2f}")
     return "\n".join(lines)
+
+
+# A task "ends near chance" when the accuracy on its own classes (the diagonal of the accuracy
+# matrix) is at most CHANCE_FACTOR x chance_level: a run that diverged while its losses stayed
+# finite (a learning rate far too high) ends there, and a warning says so.
+CHANCE_FACTOR = 1.5
+
+
+def chance_level(task_classes: int, seen_classes: int) -> float:
+    """The accuracy on a task's own classes that needs no learning of them: 1/c for a task of
+    c >= 2 classes (always answering one of them, what a collapsed classifier does; guessing
+    among the seen classes scores less); 1/K for a one-class task (guessing among the K seen
+    classes: always answering its one class would score 100%, which its own accuracy cannot
+    tell from learning it)."""
+    return 1.0 / task_classes if task_classes >= 2 else 1.0 / seen_classes
+
+
+def near_chance(own_accuracy: float, task_classes: int, seen_classes: int) -> bool:
+    return own_accuracy <= CHANCE_FACTOR * chance_level(task_classes, seen_classes)

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 import tempfile
 import zipfile
 
@@ -113,20 +114,27 @@ def _decode_jpegs(blobs: list[bytes]) -> np.ndarray:
 
 
 def read_cifar10(source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """CIFAR-10 from a JPEG tar (``{train,test}/<class>/NNNN.jpg``) or the official python/binary archive."""
+    """CIFAR-10 from a JPEG tar (``{train,test}/<class>/NNNN.jpg``) or the official python/binary archive.
+
+    A truncated or damaged archive (a cut download) fails with one line, wherever in the
+    archive the damage is: gzip and tar report it only when the bytes are reached."""
     try:
         tar = tarfile.open(source)
-    except (tarfile.TarError, OSError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise SourceError(f"cannot open CIFAR-10 archive {source!r}: {err}") from err
-    with tar:
-        members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
-        names = list(members)
-        if any(n.endswith("data_batch_1") for n in names):
-            return _cifar_from_python(tar, members)
-        if any(n.endswith("data_batch_1.bin") for n in names):
-            return _cifar_from_binary(tar, members)
-        if any(n.endswith(".jpg") for n in names):
-            return _cifar_from_jpeg(tar, members)
+    try:
+        with tar:
+            members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            names = list(members)
+            if any(n.endswith("data_batch_1") for n in names):
+                return _cifar_from_python(tar, members)
+            if any(n.endswith("data_batch_1.bin") for n in names):
+                return _cifar_from_binary(tar, members)
+            if any(n.endswith(".jpg") for n in names):
+                return _cifar_from_jpeg(tar, members)
+    except (EOFError, tarfile.TarError, zlib.error, OSError, ValueError) as err:
+        raise SourceError(f"CIFAR-10 archive {source!r} is truncated or corrupt ({type(err).__name__}: "
+                          f"{str(err) or 'unexpected end of data'}); download it again") from None
     raise SourceError(f"{source!r} is neither a CIFAR-10 JPEG tar nor the official python/binary archive")
 
 

@@ -11,11 +11,12 @@ import json
 import os
 import platform
 import time
+import uuid
 
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring
+from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring, runfolders
 from dgm_keras.methods import base, make_method
 
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "absl-py", "numpy")
@@ -38,6 +39,8 @@ class RunConfig:
     samples_per_class: int = 8
     checkpoint_every: int = 200  # steps between checkpoints within a task; 0: only at task ends
     strategy: str = "default"  # config.STRATEGIES; not part of a run's identity: a run may resume under another
+    resume_from: str = "latest"  # or "previous": the checkpoint before the newest (when that one is damaged)
+    restart: bool = False  # set the old run's files aside (never deleted) and start over
 
 
 def package_versions() -> dict:
@@ -92,7 +95,33 @@ def fresh_results(cfg: RunConfig, scenario, splits, hp) -> dict:
         # and the best epoch's (the one the selected figures score). Settings are chosen on these.
         "A_t_validation": [], "A_t_validation_selected": [],
         "task_seconds": [], "checkpoint_seconds": [], "exports": [], "resumed_at": [],
+        "warnings": [],  # e.g. a task that ended near chance on its own classes (evaluation.near_chance)
     }
+
+
+def _resume_point(ckpts: checkpointing.RunCheckpoints, state: dict, resume_from: str, log) -> dict:
+    """The state to resume from: the newest, or with ``--resume_from=previous`` the one before.
+    Reads every checkpoint it names (nothing is written): a damaged newest checkpoint stops the
+    run with one line, which offers the previous one when that is readable."""
+    previous = state.get("previous")
+    if resume_from == "previous":
+        if not previous:
+            raise checkpointing.CheckpointError(
+                f"--resume_from=previous: {ckpts.state_path} records no checkpoint before the newest "
+                f"({checkpointing.describe(state)}); rerun without --resume_from, {checkpointing.RESTART}")
+        ckpts.verify_state(previous, remedy=f"no older one is kept; use another --workdir, {checkpointing.RESTART}")
+        log(f"resuming from the previous checkpoint ({checkpointing.describe(previous)}) as --resume_from=previous asks; "
+            f"the newest ({checkpointing.describe(state)}) is not used and will be overwritten")
+        return ckpts.use(previous)
+    try:
+        ckpts.verify_state(state)
+    except checkpointing.CheckpointError:
+        if not ckpts.usable(previous):
+            raise
+        ckpts.verify_state(state, remedy=f"rerun with --resume_from=previous to resume from the checkpoint before it "
+                                         f"({checkpointing.describe(previous)}), {checkpointing.RESTART}")
+        raise
+    return state
 
 
 def run(cfg: RunConfig, log=print) -> dict:
@@ -101,26 +130,52 @@ def run(cfg: RunConfig, log=print) -> dict:
     All of it runs in ``cfg.strategy``'s scope, so that every network, trainer and optimizer the
     method makes (at its start and at each task's) holds distributed variables. The strategy is
     made first: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything."""
-    with distribution.make_strategy(cfg.strategy).scope():
-        return _run_tasks(cfg, log)
+    writers = []  # closed however the run ends, so TensorBoard's files are complete after a stop
+    try:
+        with distribution.make_strategy(cfg.strategy).scope():
+            return _run_tasks(cfg, log, writers)
+    finally:
+        for writer in writers:
+            writer.close()
 
 
-def _run_tasks(cfg: RunConfig, log) -> dict:
-    ckpts = checkpointing.RunCheckpoints(cfg.workdir, run_identity(cfg))
-    state = ckpts.load()  # before anything is written: a foreign or corrupt checkpoint stops here
+def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
+    identity = run_identity(cfg)
+    ckpts = checkpointing.RunCheckpoints(cfg.workdir, identity)
+    export_root = os.path.join(cfg.export_dir, cfg.run_name)
+    if cfg.restart:
+        for path, flag in ((cfg.workdir, "workdir"), (export_root, "export_dir")):
+            runfolders.probe_writable(path, flag)
+        try:
+            moved = runfolders.set_aside(cfg.workdir, export_root, runfolders.recorded_run_id(ckpts.state_path))
+        except OSError as err:
+            raise runfolders.FolderError(f"--restart: setting the old run aside failed ({type(err).__name__}: {err})") from None
+        log(f"--restart: the old run's files are set aside in {' and '.join(moved)}" if moved else
+            "--restart: nothing to set aside; starting a fresh run")
+        state = None
+    else:
+        state = ckpts.load()  # before anything is written: a foreign or corrupt checkpoint stops here
     results_path = os.path.join(cfg.workdir, "results.json")
     if state and state.get("complete"):
         if not _is_complete(results_path):  # killed between the last checkpoint and results.json
             atomic_write_json(results_path, state["results"])
         log(f"{cfg.workdir} holds a complete run; results: {results_path}")
         return state["results"]
+    if state:
+        state = _resume_point(ckpts, state, cfg.resume_from, log)
+    elif cfg.resume_from == "previous":
+        raise checkpointing.CheckpointError(f"--resume_from=previous: {ckpts.directory} holds no checkpoint to resume; "
+                                            "rerun without --resume_from")
+    # The export folder: this run's, or free; then both folders writable. All before training.
+    runfolders.check_export_folder(export_root, ckpts.run_id, identity, resuming=bool(state))
+    for path, flag in ((cfg.workdir, "workdir"), (export_root, "export_dir")):
+        runfolders.probe_writable(path, flag)
     data.ensure_prepared(cfg.dataset, cfg.data_dir)
     names = data.label_names(cfg.dataset, cfg.data_dir)
     scenario = data.make_scenario(cfg.dataset, cfg.classes_per_task, cfg.class_order, cfg.hp.seed, names)
     splits = data.load_scenario_data(scenario, cfg.data_dir, cfg.validation_fraction)
     spec = data.get_spec(cfg.dataset)
     method = make_method(cfg.method, scenario, spec.channels, cfg.hp)
-    export_root = os.path.join(cfg.export_dir, cfg.run_name)
 
     def task_data(task):
         return splits.train.of_classes(scenario.task_classes(task))
@@ -132,19 +187,60 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
     first_task = 0
     resume = None  # the step checkpoint to resume within ``first_task``
     if state:
-        if state["step"]:  # read in full now, so a damaged one stops the run before anything is written
-            ckpts.verify(state["step"]["checkpoint"])
         if state["task_done"] >= 0:
             method.set_state(state["method_state"], task_data)
             ckpts.restore(lasting(), state["task_checkpoint"])
             results = state["results"]
+            results.setdefault("warnings", [])
         first_task = state["task_done"] + 1
         resume = state["step"] if state["step"] and state["step"]["task"] == first_task else None
         where = f"task {first_task + 1}" + (f", step {resume['step']}" if resume else "")
         results["resumed_at"].append(where)
         log(f"resuming {cfg.workdir} at {where}")
     os.makedirs(cfg.workdir, exist_ok=True)
+    if ckpts.run_id is None:  # a fresh run (or one checkpointed before runs had ids): record its id first
+        ckpts.run_id = uuid.uuid4().hex
+        ckpts.write_state(ckpts.state)
     writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tb"))
+    writers.append(writer)
+    resuming = bool(state)
+
+    def finish(task):
+        """Exports the checkpointed task, then records it: a failed export costs no training. The
+        export folder is claimed at the first export (checked again: another run may have taken it
+        since this one started)."""
+        try:
+            runfolders.check_export_folder(export_root, ckpts.run_id, identity, resuming)
+        except runfolders.FolderError as err:
+            raise runfolders.FolderError(f"task {task + 1}: {err}; the task is checkpointed: rerun with that done "
+                                         "to export it and continue") from None
+        try:
+            runfolders.claim_export_folder(export_root, ckpts.run_id, identity, cfg.workdir)
+            exported = {"classifier": export.export_classifier(
+                method.classifier_model(), method.classifier(), scenario, task, spec.channels,
+                os.path.join(export_root, "classifier"))}
+            gen = method.generator()
+            if gen is not None:
+                exported["generator"] = export.export_generator(gen, scenario, task, os.path.join(export_root, "generator"))
+        except (OSError, tf.errors.OpError) as err:
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise runfolders.FolderError(f"task {task + 1}: exporting to {export_root} failed ({type(err).__name__}: "
+                                         f"{reason}); the task is checkpointed: rerun the same command to export it "
+                                         "and continue") from None
+        samples = None
+        if gen is not None:
+            labels = np.repeat(np.arange(scenario.seen_classes(task)), cfg.samples_per_class)
+            samples = method.sample(labels, seed=cfg.hp.seed)
+        results["exports"].append(exported)
+        monitoring.log_task(writer, task, results["A_t"][task], results["accuracy_matrix"], results["method_report"],
+                            samples, cfg.samples_per_class, results["method_report"].get("reserved_fraction_last"))
+        results["complete"] = task == scenario.num_tasks - 1
+        ckpts.mark_exported(results)
+        atomic_write_json(results_path, results)
+
+    if state and state["task_done"] >= 0 and state.get("exported") is False:
+        log(f"task {state['task_done'] + 1} was checkpointed but not exported; exporting it now")
+        finish(state["task_done"])
 
     step = 0  # run-wide step axis of the TensorBoard losses
     for task in range(first_task):
@@ -178,11 +274,14 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
         try:
             losses = method.train_task(task, train, callbacks, start_step=start_step)
         except checkpointing.NonFiniteLoss as err:
-            kept = ckpts.state["step"] or {}
-            last = (f"task {kept['task'] + 1} step {kept['step']}" if kept else
-                    f"end of task {ckpts.state['task_done'] + 1}" if ckpts.state["task_done"] >= 0 else "none yet")
-            raise TrainingDiverged(f"task {task + 1}: {err}; the run stopped and its last good checkpoint ({last}) "
-                                   f"is kept in {ckpts.directory}; lower the learning rates or check the data") from None
+            if ckpts.state["step"] or ckpts.state["task_done"] >= 0:
+                raise TrainingDiverged(
+                    f"task {task + 1}: {err}; the run stopped and its last good checkpoint "
+                    f"({checkpointing.describe(ckpts.state)}) is kept in {ckpts.directory}; rerunning resumes it as it is: "
+                    "to lower the learning rates (--d_lr, --g_lr) add --restart, which sets this run aside and starts over, "
+                    "or check the data") from None
+            raise TrainingDiverged(f"task {task + 1}: {err}; the run stopped before its first checkpoint, so nothing "
+                                   "is kept; lower the learning rates (--d_lr, --g_lr) or check the data, and rerun") from None
         step += epochs * steps
         method.end_task(task)
         results["task_seconds"].append(round(earlier_seconds + time.time() - start, 2))
@@ -203,24 +302,19 @@ def _run_tasks(cfg: RunConfig, log) -> dict:
         results.update({f"{k}_selected": v for k, v in evaluation.summarise(results["accuracy_matrix_selected"]).items()})
         results["method_report"] = method.report()
         results["parameters"] = method.parameter_counts()
+        own, task_classes, seen = strict["per_task"][task], len(scenario.task_classes(task)), scenario.seen_classes(task)
+        if evaluation.near_chance(own, task_classes, seen):
+            warning = (f"warning: task {task + 1} ends near chance on its own classes: {100 * own:.2f}% (chance "
+                       f"{100 * evaluation.chance_level(task_classes, seen):.2f}%, warned at <= {evaluation.CHANCE_FACTOR}x); "
+                       "the training diverged or was far too short: try lower learning rates (--d_lr, --g_lr) or more steps")
+            results["warnings"].append(warning)
+            log(warning)
 
-        exported = {"classifier": export.export_classifier(
-            method.classifier_model(), method.classifier(), scenario, task, spec.channels,
-            os.path.join(export_root, "classifier"))}
-        samples = None
-        gen = method.generator()
-        if gen is not None:
-            exported["generator"] = export.export_generator(gen, scenario, task, os.path.join(export_root, "generator"))
-            labels = np.repeat(np.arange(scenario.seen_classes(task)), cfg.samples_per_class)
-            samples = method.sample(labels, seed=cfg.hp.seed)
-        results["exports"].append(exported)
-        monitoring.log_task(writer, task, strict["accuracy"], results["accuracy_matrix"], results["method_report"],
-                            samples, cfg.samples_per_class, results["method_report"].get("reserved_fraction_last"))
-        results["complete"] = task == scenario.num_tasks - 1
+        results["complete"] = False  # until the task is exported
         results["checkpoint_seconds"].append(round(ckpts.seconds - ckpt_before, 2))
-        ckpts.save_task(task, lasting(), method.state(), results)
+        ckpts.save_task(task, lasting(), method.state(), results, exported=False)
         results["checkpoint_seconds"][-1] = round(ckpts.seconds - ckpt_before, 2)  # with the task-end save
-        atomic_write_json(results_path, results)
+        finish(task)
         log(f"task {task + 1}/{scenario.num_tasks}: A_{scenario.seen_classes(task)} = {100 * strict['accuracy']:.2f} "
             f"(selected {100 * selected['accuracy']:.2f}) in {results['task_seconds'][-1]:.1f} s")
 

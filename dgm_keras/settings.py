@@ -26,7 +26,7 @@ SETTINGS_DIR = os.path.join(ROOT, "flags")
 VARIANTS = {"ewc_m": "ewc", "si_m": "si", "rwalk_m": "rwalk", "mergan_ra": "mergan"}
 KEYS = (*config.METHOD_NAMES, *VARIANTS)
 
-_LINE = re.compile(r"--(no)?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$")
+_LINE = re.compile(r"--([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$")
 
 
 class SettingsError(ValueError):
@@ -73,14 +73,12 @@ def read_flagfile(file: str, _seen: tuple[str, ...] = ()) -> dict[str, tuple[str
         match = _LINE.match(line)
         if not match:
             raise SettingsError(f"{where}: {line!r} is not a flag; allowed: --name=value, --name, --noname, # comments")
-        negated, name, raw = match.groups()
+        name, raw = match.groups()
         if name == "flagfile" and raw:
             nested = raw if os.path.exists(raw) else os.path.join(ROOT, raw)
             values.update(read_flagfile(nested, (*_seen, file)))
-        elif raw is None:
-            values[name] = (not negated, where)
-        elif negated:
-            raise SettingsError(f"{where}: {line!r} is not a flag; allowed: --name=value, --name, --noname")
+        elif raw is None:  # a boolean: --name or --noname
+            values[name[2:] if name.startswith("no") else name] = (not name.startswith("no"), where)
         else:
             values[name] = (raw, where)
     return values

@@ -11,6 +11,7 @@ with one line naming it and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 
@@ -36,6 +37,10 @@ flags.DEFINE_string("export_dir", "savedmodels", "SavedModels land in <export_di
 flags.DEFINE_string("run_name", None, "Default <dataset>_<method>_<classes_per_task>cpt_seed<seed>.")
 flags.DEFINE_integer("seed", _HP.seed, "Seeds weights, sampling, shuffling and a permuted class order.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints within a task (0: only at task ends); rerunning the same command resumes.")
+flags.DEFINE_string("resume_from", "latest", "latest: resume from the newest checkpoint; previous: from the one before it "
+                    "(when the newest is damaged; the run then goes on from there).")
+flags.DEFINE_bool("restart", False, "Set the old run's checkpoints, logs, results and exports aside (moved under "
+                  "set_aside/<time>/ in the same folders, never deleted) and start over, e.g. with other learning rates.")
 flags.DEFINE_string("strategy", "default", "default (one device), mirrored (the local GPUs, or --cpu_replicas), "
                     "multiworker (MultiWorkerMirroredStrategy; the cluster from TF_CONFIG).")
 flags.DEFINE_integer("cpu_replicas", 0, "If > 0, split the CPU into this many logical devices (mirrored without GPUs, for trying it out).")
@@ -58,7 +63,7 @@ flags.DEFINE_bool("reinit_discriminator", _HP.reinit_discriminator, "Re-initiali
 flags.DEFINE_integer("memory_per_class", _HP.memory_per_class, "ewc/si/rwalk: real images kept per past class and replayed (the paper's -M variants); 0: none.")
 flags.DEFINE_float("ewc_lambda", _HP.ewc_lambda, "EWC penalty strength.")
 flags.DEFINE_float("ewc_gamma", _HP.ewc_gamma, "Online EWC: decay in [0, 1] of the accumulated Fisher at each new task.")
-flags.DEFINE_string("ewc_fisher", _HP.ewc_fisher, "EWC's Fisher: empirical (the data's labels) or sampled (labels drawn from the model, as in the paper).")
+flags.DEFINE_string("ewc_fisher", _HP.ewc_fisher, "EWC's Fisher: empirical (the data's labels) or sampled (labels from the model's softmax, in expectation, as in the paper).")
 flags.DEFINE_float("si_c", _HP.si_c, "SI penalty strength c.")
 flags.DEFINE_float("si_xi", _HP.si_xi, "SI damping xi of the importance's denominator.")
 flags.DEFINE_float("rwalk_lambda", _HP.rwalk_lambda, "RWalk penalty strength.")
@@ -73,6 +78,12 @@ class FlagError(ValueError):
     pass
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT_FLAGS = ("validation_fraction", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "sparsity_weight", "mask_init",
+               "s_max", "ac_weight", "ewc_lambda", "ewc_gamma", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha",
+               "alignment_weight")
+
+
 def check_flags(values: dict) -> None:
     """Raises FlagError with one line for the first bad value."""
     def bad(name, allowed):
@@ -80,6 +91,12 @@ def check_flags(values: dict) -> None:
 
     if values["dataset"] not in config.DATASETS:
         bad("dataset", ", ".join(config.DATASETS))
+    for name in FLOAT_FLAGS:  # nan, inf and values float32 cannot hold end in a NaN loss, not in an answer
+        value = values[name]
+        if value is not None and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            bad(name, f"a finite number float32 holds (|x| <= {FLOAT32_MAX:.4g})")
+    if values["seed"] < 0:
+        bad("seed", "an integer >= 0")
     if values["method"] not in config.METHOD_NAMES:
         bad("method", ", ".join(config.METHOD_NAMES))
     if values["class_order"] not in ("natural", "permuted"):
@@ -138,6 +155,9 @@ def check_flags(values: dict) -> None:
     data_dir = values["data_dir"]
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK)):
         bad("data_dir", "a readable and writable folder (or a path that can be created)")
+    data_parent = next(p for p in _ancestors(data_dir) if os.path.exists(p))
+    if not os.path.isdir(data_parent):
+        bad("data_dir", f"a path under a folder ({data_parent!r} is a file)")
     for name in ("workdir", "export_dir"):
         path = values[name]
         if os.path.exists(path) and not os.path.isdir(path):
@@ -189,6 +209,13 @@ def resolve(values: dict, given=()) -> tuple[dict, dict]:
             except ValueError as err:
                 raise FlagError(f"{where}: --{name}={raw} is not allowed: {err}") from None
             sources[name] = where.rsplit(":", 1)[0]
+    if values["steps_per_task"] > 0:
+        if "epochs_per_task" in given and "steps_per_task" in given:
+            raise FlagError(f"--epochs_per_task={values['epochs_per_task']} and --steps_per_task={values['steps_per_task']} "
+                            "are not allowed together; allowed: one of them (steps replace epochs)")
+        # What runs: one pass of steps_per_task steps a task (base.ContinualMethod.task_steps).
+        values["epochs_per_task"] = 1
+        sources["epochs_per_task"] = "implied by --steps_per_task (one pass of that many steps)"
     if values.get("ac_weight") is None:
         values["ac_weight"] = config.default_ac_weight(values["method"], values["classes_per_task"])
         sources["ac_weight"] = f"default of {values['method']} with {values['classes_per_task']} class(es) a task"
@@ -224,13 +251,31 @@ def use_xla(setting: str) -> bool:
 
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
+              "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after", "icarl_memory", "mergan_mode",
               "alignment_weight", "strategy", "cpu_replicas")
 # The flags that change what is learned (not where it is written or on which devices).
 HYPERPARAMETER_FLAGS = tuple(n for n in FLAG_NAMES if n not in (
-    "settings", "data_dir", "workdir", "export_dir", "run_name", "checkpoint_every", "strategy", "cpu_replicas", "jit_compile"))
+    "settings", "data_dir", "workdir", "export_dir", "run_name", "checkpoint_every", "strategy", "cpu_replicas", "jit_compile",
+    "resume_from", "restart"))
+
+
+def check_run_flags(values: dict) -> None:
+    """--resume_from and --restart, then whether the run's folders can be written (a probe file
+    written and removed: a folder that passes check_flags may still refuse, e.g. under /sys)."""
+    from dgm_keras import runfolders  # noqa: PLC0415 (no TensorFlow in it)
+
+    if values["resume_from"] not in ("latest", "previous"):
+        raise FlagError(f"--resume_from={values['resume_from']!r} is not allowed; allowed: latest, previous")
+    if values["restart"] and values["resume_from"] != "latest":
+        raise FlagError(f"--resume_from={values['resume_from']!r} is not allowed with --restart; allowed: latest")
+    try:
+        runfolders.probe_writable(values["workdir"], "workdir")
+        runfolders.probe_writable(os.path.join(values["export_dir"], values["run_name"]), "export_dir")
+    except runfolders.FolderError as err:
+        raise FlagError(str(err)) from None
 
 
 def main(argv):
@@ -240,17 +285,27 @@ def main(argv):
         values, origin = resolve({name: FLAGS[name].value for name in FLAG_NAMES},
                                  given={name for name in FLAG_NAMES if FLAGS[name].present})
         check_flags(values)
+        check_run_flags(values)
     except FlagError as err:
         sys.exit(f"train: {err}")
     print(describe_settings(values, origin), flush=True)
+    try:
+        start(values, origin)
+    except KeyboardInterrupt:
+        from dgm_keras import checkpointing  # noqa: PLC0415
 
+        sys.exit(f"train: interrupted; {checkpointing.resume_point(values['workdir'])}; rerun the same command to resume")
+
+
+def start(values: dict, origin: dict) -> None:
+    """Everything after the flags: TensorFlow, the data, the run."""
     import keras  # noqa: PLC0415 (after the flags: a bad flag fails in a second, not after TF's import)
     import tensorflow as tf  # noqa: PLC0415
 
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
 
-    from dgm_keras import checkpointing, data, distribution, runner  # noqa: PLC0415
+    from dgm_keras import checkpointing, data, distribution, runfolders, runner  # noqa: PLC0415
 
     if values["cpu_replicas"]:
         distribution.use_cpu_replicas(values["cpu_replicas"])  # before anything initialises the devices
@@ -264,12 +319,25 @@ def main(argv):
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],
         data_dir=values["data_dir"], workdir=values["workdir"], export_dir=values["export_dir"],
         run_name=values["run_name"], hp=hp, flags=values, settings=origin, checkpoint_every=values["checkpoint_every"],
-        strategy=values["strategy"])
+        strategy=values["strategy"], resume_from=values["resume_from"], restart=values["restart"])
     try:
         runner.run(cfg)
-    except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged) as err:
+    except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged, runfolders.FolderError) as err:
         sys.exit(f"train: {err}")
 
 
+def check_flagfiles(argv: list[str]) -> None:
+    """absl's own error for an unknown flag in a --flagfile names neither the file nor the line."""
+    for arg in argv[1:]:
+        if arg.startswith("--flagfile="):
+            for name, (_, where) in settings.read_flagfile(arg.split("=", 1)[1]).items():
+                if name not in FLAGS:
+                    raise FlagError(f"{where}: --{name} is not a flag of dgm_keras.train (--helpfull lists them)")
+
+
 if __name__ == "__main__":
+    try:
+        check_flagfiles(sys.argv)
+    except (FlagError, settings.SettingsError) as err:
+        sys.exit(f"train: {err}")
     app.run(main)
