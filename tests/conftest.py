@@ -44,3 +44,21 @@ def exported_classifier(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("exports") / "classifier")
     path = export.export_classifier(model, model.classify, scenario, 1, 1, model_dir)
     return types.SimpleNamespace(model=model, scenario=scenario, model_dir=model_dir, path=path)
+
+
+def poison_second_task(monkeypatch):
+    """Makes the training images of classes 5.. NaN (the second task of a 2x5 run), so its first
+    step's loss is NaN: how the NaN stop is provoked without touching the method."""
+    import numpy as np
+
+    from dgm_keras import data
+
+    real = data.load_scenario_data
+
+    def poisoned(scenario, data_dir, fraction):
+        splits = real(scenario, data_dir, fraction)
+        images = splits.train.images.copy()
+        images[splits.train.labels >= 5] = np.nan
+        return data.ScenarioData(scenario, data.SplitArrays(images, splits.train.labels), splits.validation, splits.test)
+
+    monkeypatch.setattr(data, "load_scenario_data", poisoned)

@@ -1,5 +1,5 @@
 """--strategy: one step split across two replicas equals one step on the whole batch, and short
-mirrored runs of the real command complete.
+mirrored runs of the real command complete and agree with the same command on one device.
 
 Two logical CPU devices must be set before TensorFlow initialises its devices, which the other
 tests in this pytest process already did; so each check runs in a fresh Python process: this
@@ -112,7 +112,7 @@ def test_bad_strategy_flags_are_named(tmp_path, over, pattern):
     values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
     values.update(data_dir=str(tmp_path / "d"), workdir=str(tmp_path / "w"), export_dir=str(tmp_path / "e"), **over)
     with pytest.raises(train.FlagError, match=pattern):
-        train.check_flags(train.resolve(values))
+        train.check_flags(train.resolve(values, given=set(over) | {"data_dir", "workdir", "export_dir"})[0])
 
 
 @pytest.fixture(scope="module")
@@ -144,18 +144,52 @@ def test_per_replica_batch_norm_is_not_the_whole_batch_step(step_results):
     assert r["same_start"] and not r["allclose"]
 
 
-@pytest.mark.parametrize("method", ["finetune", "dgmw"])
-def test_mirrored_run_completes(mnist_dir, tmp_path, method):
-    _run(["-m", "dgm_keras.train", "--strategy=mirrored", "--cpu_replicas=2", f"--method={method}",
-          "--classes_per_task=5", "--steps_per_task=2", "--batch_size=16", "--replay_per_class=16",
-          "--validation_fraction=0", "--checkpoint_every=1", f"--data_dir={mnist_dir}",
-          f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'exports'}"])
-    with open(tmp_path / "run" / "results.json") as f:
-        results = json.load(f)
-    assert results["complete"] and len(results["A_t"]) == 2
-    assert results["flags"]["strategy"] == "mirrored"
-    assert all(np.isfinite(v) for v in results["last_losses"].values())
-    assert os.path.isdir(tmp_path / "exports" / f"mnist_{method}_5cpt_seed0" / "classifier" / "2")
+RUN_FLAGS = ["--classes_per_task=5", "--steps_per_task=2", "--batch_size=16", "--replay_per_class=16",
+             "--validation_fraction=0", "--checkpoint_every=1"]
+# How far the 2-replica run may be from the one-device run: (accuracy, relative last loss).
+# finetune: the same training (README, Scaling out), up to float rounding (measured: 0 and 7e-5).
+# dgmw: the generator's task batch norms are not synced, so it "differs a little" (measured, with
+# the stream as one device's: 0.023 and 1%; with the stream of the bug below: 0.09 and 15%).
+AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
+
+
+@pytest.fixture(scope="module", params=["finetune", "dgmw"])
+def runs(request, mnist_dir, tmp_path_factory):
+    """The same short command on 2 CPU replicas (MirroredStrategy) and on one device."""
+    method = request.param
+    tmp = tmp_path_factory.mktemp(f"runs_{method}")
+    out = {"method": method, "tmp": tmp}
+    for name, strategy in (("mirrored", ["--strategy=mirrored", "--cpu_replicas=2"]), ("single", [])):
+        _run(["-m", "dgm_keras.train", *strategy, f"--method={method}", *RUN_FLAGS, f"--data_dir={mnist_dir}",
+              f"--workdir={tmp / name / 'run'}", f"--export_dir={tmp / name / 'exports'}"])
+        with open(tmp / name / "run" / "results.json") as f:
+            out[name] = json.load(f)
+    return out
+
+
+def test_mirrored_run_completes(runs):
+    results, method = runs["mirrored"], runs["method"]
+    assert results["complete"] and results["flags"]["strategy"] == "mirrored"
+    assert [len(row) for row in results["accuracy_matrix"]] == [1, 2] and len(results["A_t"]) == 2
+    assert all(0.0 <= v <= 1.0 for row in results["accuracy_matrix"] for v in row)
+    assert results["last_losses"] and all(np.isfinite(v) for v in results["last_losses"].values())
+    assert os.path.isdir(runs["tmp"] / "mirrored" / "exports" / f"mnist_{method}_5cpt_seed0" / "classifier" / "2")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "library bug: under a non-default strategy Keras 3's fit (TensorFlowTrainer._maybe_symbolic_build) "
+    "takes one batch from a first iterator of the task's dataset, then trains on a second one; the "
+    "pipeline reshuffles on each iteration (data.make_pipeline, reshuffle_each_iteration=True), so a "
+    "mirrored run trains on another batch order than one device"))
+def test_mirrored_run_matches_the_one_device_run(runs):
+    mirrored, single = runs["mirrored"], runs["single"]
+    accuracy_tol, loss_rtol = AGREEMENT[runs["method"]]
+    assert mirrored["hyperparameters"] == single["hyperparameters"]
+    np.testing.assert_allclose(np.concatenate(mirrored["accuracy_matrix"]), np.concatenate(single["accuracy_matrix"]),
+                               rtol=0, atol=accuracy_tol)
+    assert mirrored["last_losses"].keys() == single["last_losses"].keys()
+    for name, value in single["last_losses"].items():
+        assert mirrored["last_losses"][name] == pytest.approx(value, rel=loss_rtol, abs=1e-6), name
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["step"]:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, poison_second_task
 
 FLAGS = dict(method="finetune", classes_per_task=5, steps_per_task=4, checkpoint_every=2, batch_size=32)
 
@@ -206,27 +206,17 @@ def test_nan_before_any_checkpoint_says_nothing_is_kept_and_a_rerun_may_change_f
 
 
 def test_nan_after_a_checkpoint_names_restart_which_starts_over(tmp_path, mnist_dir, monkeypatch):
-    import numpy as np
-
-    from dgm_keras import data, runner
-
-    real = data.load_scenario_data
-
-    def poisoned(scenario, data_dir, fraction):
-        splits = real(scenario, data_dir, fraction)
-        images = splits.train.images.copy()
-        images[splits.train.labels >= 5] = np.nan  # the second task's data is broken
-        return data.ScenarioData(scenario, data.SplitArrays(images, splits.train.labels), splits.validation, splits.test)
+    from dgm_keras import runner
 
     flags = _flags(tmp_path, mnist_dir)
-    monkeypatch.setattr(data, "load_scenario_data", poisoned)
+    poison_second_task(monkeypatch)
     with pytest.raises(runner.TrainingDiverged) as err:
         _run(flags)
     assert str(err.value).endswith(
         f"the run stopped and its last good checkpoint (end of task 1) is kept in {tmp_path / 'work' / 'checkpoints'}; "
         "rerunning resumes it as it is: to lower the learning rates (--d_lr, --g_lr) add --restart, which sets this "
         "run aside and starts over, or check the data")
-    monkeypatch.setattr(data, "load_scenario_data", real)
+    monkeypatch.undo()  # the data is good again
     before = _tree(tmp_path)
 
     code, last, _ = _cli(dict(flags, d_lr=0.0005))

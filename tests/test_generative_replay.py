@@ -56,7 +56,48 @@ def test_mixture_weights_give_every_seen_class_the_same_weight():
     np.testing.assert_allclose(gan.mixture_weights(4, None, 1.0).numpy(), [0.25] * 4)
 
 
+def _snapshot_generator(gen):
+    """The test's own copy of a generator's values (not mergan.frozen_copy, which is under test)."""
+    copy = networks.PlainGenerator(**{**gen.get_config(), "name": "snapshot"}).build_all()
+    copy.set_weights(gen.get_weights())
+    return copy
+
+
+def _snapshot_solver(disc):
+    copy = networks.Discriminator(disc.num_classes, disc.widths, disc.norm, name="snapshot_solver").build_all(1)
+    copy.set_weights(disc.get_weights())
+    return copy
+
+
+def _record_replay(trainer):
+    """Makes the trainer's steps eager and keeps the replay half (images, labels) of every batch
+    they are given: what the task really trained on."""
+    seen = []
+    step = trainer.train_step
+
+    def recording_step(batch):
+        _, (images, labels) = batch
+        seen.append((images.numpy(), labels.numpy()))
+        return step(batch)
+
+    trainer.train_step = recording_step
+    trainer.run_eagerly = True
+    return seen
+
+
+def _check_replayed(seen, images, labels, steps, batch):
+    """Every replayed row of every step is a row of ``images`` with its label from ``labels``."""
+    row_of = {image.tobytes(): i for i, image in enumerate(images)}
+    assert len(seen) == steps
+    for x, y in seen:
+        assert x.shape[0] == batch
+        rows = [row_of.get(image.tobytes()) for image in x]
+        assert None not in rows, "a replayed image that is not in the draw of the previous generator"
+        np.testing.assert_array_equal(y, labels[rows])
+
+
 def test_dgr_replay_is_labelled_by_the_previous_solver_and_two_tasks_train(mnist_scenario_data):
+    keras.utils.set_random_seed(0)  # the initial weights: this test's outcome does not depend on the tests before it
     hp = _hp()
     method = dgr.DGR(SCENARIO_2CPT, 1, hp)
     train = mnist_scenario_data.train
@@ -65,18 +106,33 @@ def test_dgr_replay_is_labelled_by_the_previous_solver_and_two_tasks_train(mnist
     assert method.replay is None
     method.train_task(0, part, [])
     method.end_task(0)
+    n = 2 * hp.replay_per_class
+    # Three steps leave a solver that gives (nearly) all generated images one class; its bias is
+    # shifted so that it splits them, or a constant label would pass for the solver's.
+    margin = np.diff(method.solver.classify(gan.sample_images(method.gen, n, hp.seed + 1), training=False).numpy(), axis=1)
+    method.solver.classifier.bias.assign(method.solver.classifier.bias - np.array([0.0, np.median(margin)], np.float32))
+    gen_then, solver_then = _snapshot_generator(method.gen), _snapshot_solver(method.solver)  # as task 0 left them
     old_solver = method.solver
     part = _task_data(train, SCENARIO_2CPT, 1)
     method.begin_task(1, part)
     replay = method.replay
-    assert replay.images.shape == (2 * hp.replay_per_class, 32, 32, 1)
-    # Drawn from the generator as task 0 left it (seeded), labelled by task 0's solver.
-    np.testing.assert_array_equal(replay.images, gan.sample_images(method.gen, len(replay.labels), hp.seed + 1))
-    want = np.argmax(old_solver.classify(replay.images, training=False).numpy(), axis=1)
-    np.testing.assert_array_equal(replay.labels, want)
-    assert replay.labels.max() < 2  # only classes seen before the task
+    assert replay.images.shape == (n, 32, 32, 1)
+    # Drawn (seeded) from the generator as task 0 left it, labelled by task 0's solver over the
+    # past classes.
+    want_images = gan.sample_images(gen_then, n, hp.seed + 1)
+    want_labels = np.argmax(solver_then.classify(want_images, training=False).numpy(), axis=1)
+    np.testing.assert_array_equal(replay.images, want_images)
+    np.testing.assert_array_equal(replay.labels, want_labels)
+    assert np.bincount(replay.labels).min() >= n // 4, np.bincount(replay.labels)
     assert method.solver is not old_solver and method.solver.num_classes == 4
+    seen = _record_replay(method.trainer)
     losses = method.train_task(1, part, [])
+    # Every step of task 1 replayed that draw with those labels ...
+    _check_replayed(seen, want_images, want_labels, hp.steps_per_task, hp.replay_batch_size)
+    # ... which the generator, trained since on task 1, no longer draws: the replay was drawn once,
+    # from the previous generator, not from the current one.
+    # (0.06 here after 3 steps; the same weights would draw the same bits).
+    assert np.abs(gan.sample_images(method.gen, n, hp.seed + 1) - want_images).max() > 1e-3
     method.end_task(1)
     assert all(np.isfinite(v) for v in losses.values()) and losses["replay_cls_loss"] > 0
     assert method.generator() is None
@@ -88,6 +144,7 @@ def test_dgr_replay_is_labelled_by_the_previous_solver_and_two_tasks_train(mnist
 
 
 def test_mergan_ra_previous_generator_frozen_and_replay_balanced(mnist_scenario_data):
+    keras.utils.set_random_seed(0)
     hp = _hp(mergan_mode="ra")
     method = mergan.MeRGAN(SCENARIO_2CPT, 1, hp)
     train = mnist_scenario_data.train
@@ -95,17 +152,30 @@ def test_mergan_ra_previous_generator_frozen_and_replay_balanced(mnist_scenario_
     method.begin_task(0, part)
     method.train_task(0, part, [])
     method.end_task(0)
+    gen_then = _snapshot_generator(method.gen)  # as task 0 left it
     trained_g = [w.copy() for w in method.gen.get_weights()]
     part = _task_data(train, SCENARIO_2CPT, 1)
     method.begin_task(1, part)
-    assert np.bincount(method.replay.labels).tolist() == [hp.replay_per_class] * 2
+    labels = method.replay.labels
+    # The past classes (0 and 1 here: task 0's), as many images of each.
+    assert np.bincount(labels, minlength=4).tolist() == [hp.replay_per_class] * 2 + [0, 0]
+    # Each image drawn by the generator as task 0 left it, conditioned on its own label (the same
+    # latents under the other label draw other images).
+    want = gan.sample_images(gen_then, len(labels), hp.seed + 1, labels)
+    np.testing.assert_array_equal(method.replay.images, want)
+    assert np.abs(gan.sample_images(gen_then, len(labels), hp.seed + 1, 1 - labels) - want).max() > 1e-3  # 0.015
     previous = method.trainer.previous
     assert previous is method.previous and not previous.trainable_variables
+    seen = _record_replay(method.trainer)
     losses = method.train_task(1, part, [])
     assert all(np.isfinite(v) for v in losses.values()) and "alignment" in losses
+    _check_replayed(seen, want, labels, hp.steps_per_task, hp.replay_batch_size)
     for before, after in zip(trained_g, previous.get_weights()):
         np.testing.assert_array_equal(after, before)  # bitwise, moving statistics included
-    assert any((a != b).any() for a, b in zip(trained_g, method.gen.get_weights()))  # while G learned
+    np.testing.assert_array_equal(gan.sample_images(previous, len(labels), hp.seed + 1, labels), want)
+    assert any((a != b).any() for a, b in zip(trained_g, method.gen.get_weights()))  # while G learned:
+    # what it draws now (and serves: ``sample``) is no longer the replay.
+    assert np.abs(method.sample(labels, hp.seed + 1) - want).max() > 1e-3  # 0.04 here
     method.end_task(1)
     images = method.sample(np.array([0, 1, 2, 3]), seed=0)
     assert images.shape == (4, 32, 32, 1) and np.abs(images).max() <= 1.0
