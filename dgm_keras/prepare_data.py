@@ -132,7 +132,7 @@ def read_cifar10(source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 return _cifar_from_binary(tar, members)
             if any(n.endswith(".jpg") for n in names):
                 return _cifar_from_jpeg(tar, members)
-    except (EOFError, tarfile.TarError, zlib.error, OSError, ValueError) as err:
+    except (EOFError, tarfile.TarError, zlib.error, OSError) as err:
         raise SourceError(f"CIFAR-10 archive {source!r} is truncated or corrupt ({type(err).__name__}: "
                           f"{str(err) or 'unexpected end of data'}); download it again") from None
     raise SourceError(f"{source!r} is neither a CIFAR-10 JPEG tar nor the official python/binary archive")
