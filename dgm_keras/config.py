@@ -9,6 +9,11 @@ import os
 IMAGE_SIZE = 32
 METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
 MERGAN_MODES = ("jtr", "ra")
+# How DGM learns (issue 11): each choice is a flag; docs/RESULTS.md has the measurements behind its default.
+MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compensation, or the compensated gradient at every step
+CLASSIFIERS = ("shared", "separate")  # the critic's trunk (the paper), or a trunk of its own
+CLASSIFIER_STEPS = ("combined", "reference")  # one step on real + replay inside the critic step, or the reference's t+1 steps
+GENERATOR_BN = ("moving", "reestimate")  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
 # Methods whose train steps scale their losses per replica (tests/test_distribution.py).
 DISTRIBUTED_METHODS = ("dgmw", "dgma", "joint", "finetune")
@@ -71,6 +76,11 @@ class HyperParams:
     mask_init: float = 0.05
     s_max: float = 1e4
     ac_weight: float | None = None  # None: the method's own default (``default_ac_weight``)
+    mask_gradient: str = "annealed"
+    classifier: str = "shared"
+    classifier_steps: str = "combined"
+    c_lr: float = 2e-3  # the classifier steps' Adam learning rate (--classifier_steps=reference or --classifier=separate)
+    generator_bn: str = "moving"
     replay_batch_size: int = 64
     replay_per_class: int = 0  # 0: as many as the current task has training images per class
     reinit_discriminator: bool = False

@@ -31,12 +31,12 @@ def replay_per_class(hp: config.HyperParams, train: data.SplitArrays, classes_pe
 
 
 def replay_pipeline(train: data.SplitArrays, replay: data.SplitArrays | None, hp: config.HyperParams,
-                    task: int) -> tf.data.Dataset:
+                    task: int, replay_batch: int | None = None) -> tf.data.Dataset:
     """Batches of real current-task images, zipped with batches of replay once there is a past."""
     real = data.make_pipeline(train, hp.batch_size, shuffle=True, seed=hp.seed + task, drop_remainder=True).repeat()
     if replay is None:
         return real
-    past = data.make_pipeline(replay, hp.replay_batch_size, shuffle=True, seed=hp.seed + 1000 + task,
+    past = data.make_pipeline(replay, replay_batch or hp.replay_batch_size, shuffle=True, seed=hp.seed + 1000 + task,
                               drop_remainder=True).repeat()
     return tf.data.Dataset.zip((real, past))
 

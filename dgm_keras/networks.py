@@ -68,13 +68,18 @@ class Generator(keras.Model):
     def latent(self, z, labels):
         return write_label(z, labels, self.num_classes)
 
-    def call(self, z, labels, s=1.0, task=None, training=False):
-        """``task=None`` trains/uses the current task (the last head); an int uses that past task."""
+    def head_inputs(self, z, labels, s=1.0, task=None):
+        """What the task's head (batch norm, output layer) reads: the masked layers' output."""
         head = self.num_past_tasks if task is None else task
         x = ops.reshape(self.latent(z, labels), (-1, 1, 1, self.nz))
         for layer in self.masked_layers:
             x = ops.relu(layer(x, s=s, task=task))
-        x = x[..., : self.head_widths[head]]
+        return x[..., : self.head_widths[head]]
+
+    def call(self, z, labels, s=1.0, task=None, training=False):
+        """``task=None`` trains/uses the current task (the last head); an int uses that past task."""
+        head = self.num_past_tasks if task is None else task
+        x = self.head_inputs(z, labels, s=s, task=task)
         x = ops.relu(self.task_norms[head](x, training=training))
         return self.task_outputs[head](x)
 
@@ -186,3 +191,4 @@ class Discriminator(keras.Model):
 def rebuild_discriminator(classes: int | None, norm: str, channels: int, name: str = "discriminator"):
     """A discriminator with ``classes`` outputs (None: not made yet), for a checkpoint to fill."""
     return None if classes is None else Discriminator(classes, norm=norm, name=name).build_all(channels)
+

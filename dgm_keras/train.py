@@ -57,6 +57,17 @@ flags.DEFINE_float("mask_init", _HP.mask_init, "Initial value of every mask embe
 flags.DEFINE_float("s_max", _HP.s_max, "Mask scale ceiling.")
 flags.DEFINE_float("ac_weight", _HP.ac_weight, "Weight of the AC-GAN classification term in the generator loss; default the "
                    "method's: always 1 for mergan; for dgmw/dgma 0 with one class a task (the reference code), 1 with several.")
+flags.DEFINE_string("mask_gradient", _HP.mask_gradient, "DGM masks: annealed (HAT's s ramp; its clipped compensation "
+                    "vanishes once |s*e| > 50, so masks stop learning early in a task) or constant (the compensated "
+                    "gradient at every step: masks learn for the whole task).")
+flags.DEFINE_string("classifier", _HP.classifier, "DGM's classifier: shared (the critic's trunk and a classifier "
+                    "head, the paper) or separate (a network of the same shape with a trunk of its own).")
+flags.DEFINE_string("classifier_steps", _HP.classifier_steps, "DGM's classifier updates per iteration: combined (one, "
+                    "on real + replay) or reference (the reference code's t+1 steps of --batch_size images at task t).")
+flags.DEFINE_float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
+                   "--classifier_steps=reference).")
+flags.DEFINE_string("generator_bn", _HP.generator_bn, "DGM's per-task generator batch norm: moving (the moving "
+                    "average as training left it) or reestimate (exact statistics at the task's end).")
 flags.DEFINE_integer("replay_batch_size", _HP.replay_batch_size, "Replayed images of past classes per iteration.")
 flags.DEFINE_integer("replay_per_class", _HP.replay_per_class, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
 flags.DEFINE_bool("reinit_discriminator", _HP.reinit_discriminator, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
@@ -79,7 +90,7 @@ class FlagError(ValueError):
 
 
 FLOAT32_MAX = 3.4028234663852886e38
-FLOAT_FLAGS = ("validation_fraction", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "sparsity_weight", "mask_init",
+FLOAT_FLAGS = ("validation_fraction", "g_lr", "d_lr", "c_lr", "beta_1", "beta_2", "gp_weight", "sparsity_weight", "mask_init",
                "s_max", "ac_weight", "ewc_lambda", "ewc_gamma", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha",
                "alignment_weight")
 
@@ -103,6 +114,10 @@ def check_flags(values: dict) -> None:
         bad("class_order", "natural, permuted")
     if values["d_norm"] not in ("layer", "batch"):
         bad("d_norm", "layer, batch")
+    for name, allowed in (("mask_gradient", config.MASK_GRADIENTS), ("classifier", config.CLASSIFIERS),
+                          ("classifier_steps", config.CLASSIFIER_STEPS), ("generator_bn", config.GENERATOR_BN)):
+        if values[name] not in allowed:
+            bad(name, ", ".join(allowed))
     if values["strategy"] not in config.STRATEGIES:
         bad("strategy", ", ".join(config.STRATEGIES))
     if values["strategy"] != "default" and values["method"] not in config.DISTRIBUTED_METHODS:
@@ -253,7 +268,7 @@ FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order"
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
-              "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
+              "mask_gradient", "classifier", "classifier_steps", "c_lr", "generator_bn", "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after", "icarl_memory", "mergan_mode",
               "alignment_weight", "strategy", "cpu_replicas")
 # The flags that change what is learned (not where it is written or on which devices).

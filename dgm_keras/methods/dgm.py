@@ -59,31 +59,67 @@ def protection_multipliers(generator: networks.Generator) -> dict[str, np.ndarra
 
 
 class DGMTrainer(gan.GANTrainer):
-    """One task of DGM: ``fit`` on batches of real current-task images (zipped with replay)."""
+    """One task of DGM: ``fit`` on batches of real current-task images (zipped with replay).
+
+    The classifier that is evaluated is ``classifier``: the discriminator itself (its
+    classifier head on the critic's trunk, the paper) or a network of its own
+    (``--classifier=separate``). It learns from the real batch and the replay either inside
+    the critic step (``--classifier_steps=combined``: one step, every seen class weighted
+    alike) or, as the reference code, in t+1 steps of its own before the critic step
+    (``reference``: real and replay permuted and cut into batches of ``batch_size``).
+    """
 
     LOSSES = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
               "sparsity", "mask_scale", "mask_usage")
 
     def __init__(self, generator: networks.Generator, discriminator: networks.Discriminator,
                  task_classes: range, num_past_classes: int, total_steps: int, hp: base.HyperParams,
-                 sparsity_weight: float, **kwargs):
+                 sparsity_weight: float, classifier: networks.Discriminator | None = None, **kwargs):
         super().__init__(self.LOSSES, seed=hp.seed * 1000 + num_past_classes, **kwargs)
         self.generator, self.discriminator, self.hp = generator, discriminator, hp
+        self.classifier = discriminator if classifier is None else classifier
+        self.separate = self.classifier is not discriminator
         self.class_lo, self.class_hi = task_classes.start, task_classes.stop
         self.num_past_classes, self.total_steps = num_past_classes, total_steps
         self.sparsity_weight = sparsity_weight
-        # Fixed for the whole task: what past tasks reserved, as constants of the step.
-        self._protect = protection_multipliers(generator)
-        self._free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
-        self._free_total = max(1.0, float(sum(np.sum(f) for d in self._free for f in d.values())))
+        # What past tasks reserved, fixed for the task: variables of the step, not constants baked into its graph.
+        self._protect = {path: keras.Variable(m, trainable=False, name="protect")
+                         for path, m in protection_multipliers(generator).items()}
+        free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
+        self._free_total = max(1.0, float(sum(np.sum(f) for d in free for f in d.values())))
+        self._free = [{k: keras.Variable(f, trainable=False, name="free") for k, f in d.items()} for d in free]
+        self._entries = float(sum(np.prod(m.shape) for layer in generator.masked_layers for m in layer.embeddings.values()))
         past_heads = {f"task_bn_{t}" for t in range(generator.num_past_tasks)} | {
             f"task_out_{t}" for t in range(generator.num_past_tasks)}
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
+        # The critic step classifies too when the classifier is the critic's trunk with the combined
+        # schedule, and (for the AC term of G's loss) when G needs the critic's labels.
+        self.critic_classifies = (not self.separate and hp.classifier_steps == "combined") or (
+            self.separate and bool(hp.ac_weight))
 
     @property
     def d_vars(self):
-        return self.discriminator.trainable_variables
+        """The critic's trunk and head, and the classifier head where the critic step classifies."""
+        return self.discriminator.trainable_variables if self.critic_classifies else (
+            self.discriminator.head_variables("critic"))
+
+    @property
+    def c_vars(self):
+        return self.classifier.head_variables("classifier")
+
+    def compile(self, g_optimizer, d_optimizer, c_optimizer=None, jit_compile=False):
+        super().compile(g_optimizer, d_optimizer, jit_compile=jit_compile)
+        self.c_optimizer = c_optimizer
+        if c_optimizer is not None:
+            c_optimizer.build(self.c_vars)
+
+    def scale(self):
+        """s of the current step: HAT's ramp, or 1 where the compensated gradient is used throughout
+        (the forward mask is the sign of the embedding whatever s is; s only shapes the gradient)."""
+        if self.hp.mask_gradient == "constant":
+            return ops.ones(())
+        return mask_scale(self.task_step, self.total_steps, self.hp.s_max)
 
     # -- pieces of the step
     def sample_current(self, n):
@@ -103,33 +139,77 @@ class DGMTrainer(gan.GANTrainer):
         return used / self._free_total, total_on
 
     def train_step(self, batch):
-        """One iteration: the critic step, then the generator step, in one compiled function."""
-        s = mask_scale(self.task_step, self.total_steps, self.hp.s_max)
-        values = self.critic_step(batch, s)
+        """One iteration: the classifier steps (if separate from the critic's), the critic step,
+        then the generator step, in one compiled function."""
+        s = self.scale()
+        values = {}
+        if not (self.hp.classifier_steps == "combined" and not self.separate):
+            values.update(self.classifier_steps(batch))
+        values.update(self.critic_step(batch, s))
         values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
         return self.record(values)
 
+    def classifier_steps(self, batch):
+        """The classifier on real and replayed images, in steps of its own optimizer."""
+        real_x, real_y, replay_x, replay_y = gan.split_batch(batch, self.num_past_classes > 0)
+        n = ops.shape(real_x)[0]
+        seen = self.class_hi - self.class_lo + self.num_past_classes
+        share = (self.class_hi - self.class_lo) / seen
+        if self.num_past_classes == 0:
+            chunks = [(real_x, real_y, None)]
+        elif self.hp.classifier_steps == "combined":
+            chunks = [(ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0),
+                       gan.mixture_weights(n, ops.shape(replay_y)[0], share))]
+        else:  # the reference: real + one replay batch per past task, permuted, in batches of n
+            x, y = ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0)
+            order = keras.random.shuffle(ops.arange(ops.shape(y)[0]), seed=self.seed_gen)
+            x, y = ops.take(x, order, axis=0), ops.take(y, order, axis=0)
+            steps = self.reference_steps()
+            size = self.hp.batch_size
+            chunks = [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size], None) for i in range(steps)]
+        losses = []
+        for x, y, weights in chunks:
+            with tf.GradientTape() as tape:
+                logits = self.classifier.classify(x, training=True)
+                loss = self.ce(y, logits) if weights is None else ops.sum(
+                    weights * keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+                scaled = distribution.scale_loss(loss)
+            self.c_optimizer.apply(tape.gradient(scaled, self.c_vars), self.c_vars)
+            losses.append(loss)
+        loss = ops.mean(ops.stack(losses))
+        return dict(cls_loss=loss)  # real and replay together: replay_cls_loss is logged by the critic step only
+
+    def reference_steps(self) -> int:
+        """t+1: one classifier step for the real batch and one per past task's replay batch."""
+        return 1 + self.num_past_classes // max(1, self.class_hi - self.class_lo)
+
     def critic_step(self, batch, s):
-        """WGAN-GP on the current task, plus the classifier on real and replayed images."""
+        """WGAN-GP on the current task (plus the classifier on real and replayed images where the
+        critic's trunk is the classifier and the schedule is combined)."""
         real_x, real_y, replay_x, replay_y = gan.split_batch(batch, self.num_past_classes > 0)
         n = ops.shape(real_x)[0]
         seen = self.class_hi - self.class_lo + self.num_past_classes
         z, y = self.sample_current(n)
         fake = ops.stop_gradient(self.generator(z, y, s=s, training=True))
+        with_replay = self.critic_classifies and self.num_past_classes > 0
         with tf.GradientTape() as tape:
             critic_real, logits = self.discriminator(
-                ops.concatenate([real_x, replay_x], 0) if self.num_past_classes else real_x, training=True)
+                ops.concatenate([real_x, replay_x], 0) if with_replay else real_x, training=True)
             critic_fake, _ = self.discriminator(fake, training=True)
             wasserstein = ops.mean(critic_real[:n]) - ops.mean(critic_fake)
             gp = gan.gradient_penalty(lambda x: self.discriminator(x, training=True)[0], real_x, fake, self.seed_gen)
-            total_cls, cls_loss, replay_loss = gan.balanced_cls_loss(
-                self.ce, logits, real_y, replay_y, (self.class_hi - self.class_lo) / seen)
-            d_loss = -wasserstein + self.hp.gp_weight * gp + total_cls
+            d_loss = -wasserstein + self.hp.gp_weight * gp
+            out = dict(wasserstein=wasserstein, gradient_penalty=gp, real_x=real_x)
+            if self.critic_classifies:
+                total_cls, cls_loss, replay_loss = gan.balanced_cls_loss(
+                    self.ce, logits, real_y, replay_y if with_replay else None, (self.class_hi - self.class_lo) / seen)
+                d_loss += total_cls
+                if not self.separate:
+                    out.update(cls_loss=cls_loss, replay_cls_loss=replay_loss)
             scaled = distribution.scale_loss(d_loss)
-        d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply(tape.gradient(scaled, d_vars), d_vars)
-        return dict(d_loss=d_loss, wasserstein=wasserstein, gradient_penalty=gp, cls_loss=cls_loss,
-                    replay_cls_loss=replay_loss, real_x=real_x)
+        self.d_optimizer.apply(tape.gradient(scaled, self.d_vars), self.d_vars)
+        out["d_loss"] = d_loss
+        return out
 
     def generator_step(self, n, s):
         """Fool the critic, spend little free capacity; reserved weights get no update."""
@@ -149,7 +229,7 @@ class DGMTrainer(gan.GANTrainer):
         for v in self.g_vars:
             if v.path in self.embedding_vars:
                 v.assign(ops.clip(v, -self.hp.embedding_clip, self.hp.embedding_clip))
-        return dict(g_loss=g_loss, sparsity=reg, mask_scale=s, mask_usage=total_on / self._mask_entries())
+        return dict(g_loss=g_loss, sparsity=reg, mask_scale=s, mask_usage=total_on / self._entries)
 
     def shape_generator_grad(self, variable, grad, s):
         """Protection (zero update of reserved weights) and HAT's compensation of embeddings."""
@@ -160,9 +240,6 @@ class DGMTrainer(gan.GANTrainer):
         if variable.path in self.embedding_vars:
             return compensate_embedding_grad(grad, variable, s, self.hp.s_max)
         return grad
-
-    def _mask_entries(self):
-        return float(sum(np.prod(m.shape) for layer in self.generator.masked_layers for m in layer.embeddings.values()))
 
 
 class DGM(base.ContinualMethod):
@@ -179,7 +256,7 @@ class DGM(base.ContinualMethod):
         self.gen = networks.Generator((4 * ngf, 2 * ngf, ngf), scenario.num_classes, channels, mask_mode,
                                       mask_init=hp.mask_init, name="generator").build_all()
         self.initial_size = expansion.generator_size(self.gen)
-        self.disc = None
+        self.disc = self.cls = None  # cls: the separate classifier (--classifier=separate)
         self.sizes, self.mask_bytes, self.replay_counts, self.reserved_fraction = [], [], [], []
         self.trainer = None
 
@@ -207,23 +284,39 @@ class DGM(base.ContinualMethod):
     # -- the task loop
     def begin_task(self, task, train):
         seen = self.scenario.seen_classes(task)
-        if self.disc is None:
-            self.disc = networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
-        else:
-            self.disc = expansion.grow_discriminator(self.disc, seen, self.channels, fresh=self.hp.reinit_discriminator)
+        self.disc = self.grown(self.disc, seen, "discriminator")
+        if self.hp.classifier == "separate":
+            self.cls = self.grown(self.cls, seen, "classifier")
         per_class = gan.replay_per_class(self.hp, train, self.scenario.classes_per_task)
         self.replay = self.replay_arrays(task, per_class) if task else None
         self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
         epochs, steps = self.task_steps(train)
         weight = self.hp.sparsity_weight * expansion.generator_size(self.gen) / self.initial_size
         self.trainer = DGMTrainer(self.gen, self.disc, self.scenario.task_classes(task),
-                                  task * self.scenario.classes_per_task, epochs * steps, self.hp, weight)
-        self.trainer.compile(*gan.optimizers(self.hp), jit_compile=self.hp.jit_compile)
+                                  task * self.scenario.classes_per_task, epochs * steps, self.hp, weight,
+                                  classifier=self.cls)
+        g_opt, d_opt = gan.optimizers(self.hp)
+        c_opt = None
+        if self.hp.classifier == "separate" or self.hp.classifier_steps == "reference":
+            c_opt = keras.optimizers.Adam(self.hp.c_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2)
+        self.trainer.compile(g_opt, d_opt, c_opt, jit_compile=self.hp.jit_compile)
+
+    def grown(self, net, seen, name):
+        """The discriminator (or separate classifier) with a head over the ``seen`` classes."""
+        if net is None:
+            return networks.Discriminator(seen, norm=self.hp.d_norm, name=name).build_all(self.channels)
+        return expansion.grow_discriminator(net, seen, self.channels, fresh=self.hp.reinit_discriminator and
+                                            name == "discriminator")
 
     def pipeline(self, task, train) -> tf.data.Dataset:
-        return gan.replay_pipeline(train, self.replay, self.hp, task)
+        replay_batch = self.hp.replay_batch_size
+        if self.hp.classifier_steps == "reference" and task:
+            replay_batch = self.hp.batch_size * task  # one batch per past task, as the reference code
+        return gan.replay_pipeline(train, self.replay, self.hp, task, replay_batch)
 
     def end_task(self, task):
+        if self.hp.generator_bn == "reestimate":
+            self.reestimate_generator_bn(task)
         # Kept as one uint8 (a boolean) per masked entry; as packed bits it would be an eighth.
         self.mask_bytes.append({layer.name: int(sum(np.prod(e.shape) for e in layer.embeddings.values()))
                                 for layer in self.gen.masked_layers})
@@ -232,9 +325,31 @@ class DGM(base.ContinualMethod):
         self.reserved_fraction.append({layer.name: float(1.0 - expansion.free_capacity(layer) / sum(
             int(np.prod(m.shape[1:])) for m in layer.past_masks.values())) for layer in self.gen.masked_layers})
 
+    def reestimate_generator_bn(self, task, num=4096, batch=512):
+        """Sets the task head's batch-norm statistics to the exact mean and variance of its inputs
+        under the task's final mask: the moving average (momentum 0.99) has seen only the task's
+        few hundred steps and still leans on its initial 0 and 1, which replay and exports use."""
+        rng = np.random.default_rng(self.hp.seed * 7919 + task)
+        classes = np.array(list(self.scenario.task_classes(task)), np.int32)
+        feats = []
+        for i in range(0, num, batch):
+            z = rng.standard_normal((batch, self.gen.nz)).astype(np.float32)
+            y = classes[rng.integers(0, len(classes), batch)]
+            feats.append(ops.convert_to_numpy(self.gen.head_inputs(z, y, s=self.hp.s_max)))
+        feats = np.concatenate(feats).astype(np.float64)
+        norm = self.gen.task_norms[self.gen.num_past_tasks]
+        norm.moving_mean.assign(feats.mean(axis=(0, 1, 2)).astype(np.float32))
+        norm.moving_variance.assign(feats.var(axis=(0, 1, 2)).astype(np.float32))
+
     # -- what is evaluated and exported
     def classifier_model(self):
-        return self.disc
+        return self.disc if self.cls is None else self.cls
+
+    def trackables(self):
+        out = super().trackables()
+        if self.cls is not None and self.disc is not None:
+            out["discriminator"] = self.disc
+        return out
 
     def generator(self):
         return self.gen
@@ -243,6 +358,7 @@ class DGM(base.ContinualMethod):
     def state(self):
         return {"generator": {k: list(v) if isinstance(v, tuple) else v for k, v in self.gen.get_config().items()},
                 "discriminator_classes": None if self.disc is None else self.disc.num_classes,
+                "classifier_classes": None if self.cls is None else self.cls.num_classes,
                 "sizes": self.sizes, "mask_bytes": self.mask_bytes, "replay_counts": self.replay_counts,
                 "reserved_fraction": self.reserved_fraction}
 
@@ -250,6 +366,8 @@ class DGM(base.ContinualMethod):
         self.gen = networks.Generator(**state["generator"]).build_all()
         classes = state["discriminator_classes"]
         self.disc = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels)
+        self.cls = networks.rebuild_discriminator(state.get("classifier_classes"), self.hp.d_norm, self.channels,
+                                                  name="classifier")
         self.sizes, self.mask_bytes = list(state["sizes"]), list(state["mask_bytes"])
         self.replay_counts, self.reserved_fraction = list(state["replay_counts"]), list(state["reserved_fraction"])
 

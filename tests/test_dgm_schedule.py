@@ -1,0 +1,142 @@
+"""How DGM learns (issue 11): masks that learn for the whole task, the classifier's own steps
+(separate network, the reference's t+1 schedule), and the generator's re-estimated batch norm."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgm_keras import checkpointing, data
+from dgm_keras.methods import base, dgm
+
+
+def _part(train, task, n):
+    part = train.of_classes(range(task, task + 1))
+    return data.SplitArrays(part.images[:n], part.labels[:n])
+
+
+def _method(steps=4, **kw):
+    scenario = data.make_scenario("mnist", 1)
+    hp = base.HyperParams(steps_per_task=steps, ngf=4, batch_size=32, replay_batch_size=32, replay_per_class=64, **kw)
+    return dgm.DGM(scenario, 1, hp)
+
+
+def _after_tasks(train, tasks, **kw):
+    """A method that has ended ``tasks`` tasks (untrained, to be quick) and begun the next."""
+    method = _method(**kw)
+    for task in range(tasks):
+        method.begin_task(task, _part(train, task, 64))
+        method.end_task(task)
+    method.begin_task(tasks, _part(train, tasks, 64))
+    return method
+
+
+@pytest.mark.parametrize("mask_gradient,switched_off", [("constant", True), ("annealed", False)])
+def test_an_entry_pushed_off_in_the_last_quarter_of_a_task_switches_off(mask_gradient, switched_off):
+    # Every entry starts on (mask_init 0.05). In steps 150..199 of a 200-step task a loss that
+    # wants one kernel entry off (d loss / d m = +1) is the only push, through the trainer's own
+    # s, straight-through gradient and compensation, under Adam at the default rate. With the
+    # compensated gradient at every step it crosses zero; under HAT's ramp s * e is far past the
+    # compensation's clip by then and the entry gets no gradient at all.
+    method = _method(steps=200, mask_gradient=mask_gradient)
+    method.begin_task(0, data.SplitArrays(np.zeros((32, 32, 32, 1), np.float32), np.zeros(32, np.int32)))
+    trainer = method.trainer
+    layer = method.gen.masked_layers[1]
+    emb = layer.embeddings["kernel"]
+    push = np.zeros(emb.shape, np.float32)
+    push[0, 0, 0, 0] = 1.0
+    opt = keras.optimizers.Adam(method.hp.g_lr)
+    for step in range(150, 200):
+        trainer.task_step.assign(step)
+        s = trainer.scale()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer.current_masks(s)["kernel"] * push)
+        grad = trainer.shape_generator_grad(emb, tape.gradient(loss, emb), s)
+        opt.apply([grad], [emb])
+    mask = layer.binary_current_masks()["kernel"]
+    assert bool(mask[0, 0, 0, 0] == 0) is switched_off
+    assert mask.sum() == mask.size - int(switched_off)  # nothing else moved
+
+
+def test_classifier_steps_per_iteration(mnist_scenario_data):
+    # At task t (one class a task): the reference schedule takes t + 1 classifier steps of
+    # batch_size images (the real batch and one replay batch per past task, permuted); the
+    # combined one takes one, inside the critic step (shared) or of its own (separate).
+    train = mnist_scenario_data.train
+    for classifier, steps, want in (("shared", "reference", 3), ("separate", "reference", 3), ("separate", "combined", 1)):
+        method = _after_tasks(train, 2, classifier=classifier, classifier_steps=steps)
+        trainer = method.trainer
+        batch = next(iter(method.pipeline(2, _part(train, 2, 64))))
+        assert batch[1][0].shape[0] == (64 if steps == "reference" else 32)  # replay: batch_size per past task
+        trainer.fit(method.pipeline(2, _part(train, 2, 64)), epochs=1, steps_per_epoch=2, verbose=0)
+        assert int(trainer.c_optimizer.iterations) == 2 * want, (classifier, steps)
+        assert int(trainer.d_optimizer.iterations) == 2 and int(trainer.g_optimizer.iterations) == 2
+    shared = _after_tasks(train, 2)  # the paper's: no optimizer of its own, the critic step classifies
+    assert shared.trainer.c_optimizer is None and shared.trainer.critic_classifies
+
+
+def test_separate_classifier_and_critic_train_apart(mnist_scenario_data):
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 1, classifier="separate")
+    trainer = method.trainer
+    assert method.classifier_model() is method.cls and method.cls is not method.disc
+    assert method.cls.num_classes == 2 and not trainer.critic_classifies  # one class a task: no AC term
+    batch = next(iter(method.pipeline(1, _part(train, 1, 64))))
+
+    def snapshot(net):
+        return [v.numpy().copy() for v in net.trainable_variables]
+
+    cls_before, disc_before = snapshot(method.cls), snapshot(method.disc)
+    trainer.critic_step(batch, trainer.scale())
+    for a, b in zip(snapshot(method.cls), cls_before):
+        np.testing.assert_array_equal(a, b)  # the critic does not touch the classifier
+    disc_mid = snapshot(method.disc)
+    assert any((a != b).any() for a, b in zip(disc_mid, disc_before))
+    trainer.classifier_steps(batch)
+    for a, b in zip(snapshot(method.disc), disc_mid):
+        np.testing.assert_array_equal(a, b)  # nor the classifier the critic
+    assert any((a != b).any() for a, b in zip(snapshot(method.cls), cls_before))
+    # The critic's classifier head gets no update at all (no optimizer slot is spent on it).
+    assert {v.path for v in trainer.d_vars} == {v.path for v in method.disc.head_variables("critic")}
+
+
+def test_separate_classifier_survives_a_checkpoint(mnist_scenario_data, tmp_path):
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 1, classifier="separate")
+    method.end_task(1)
+    saved = checkpointing.with_variable_lists(method.trackables())
+    assert {"classifier", "discriminator", "generator"} <= set(saved)
+    path = tf.train.Checkpoint(**saved).write(str(tmp_path / "ckpt"))
+    fresh = _method(classifier="separate")
+    fresh.set_state(method.state(), lambda t: None)
+    tf.train.Checkpoint(**checkpointing.with_variable_lists(fresh.trackables())).read(path).assert_consumed()
+    for name in ("cls", "disc"):
+        for a, b in zip(getattr(fresh, name).variables, getattr(method, name).variables, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not all((a.numpy() == b.numpy()).all() for a, b in zip(fresh.cls.variables[:2], fresh.disc.variables[:2]))
+
+
+def test_reestimated_generator_batch_norm_holds_the_inputs_exact_statistics(mnist_scenario_data):
+    train = mnist_scenario_data.train
+    stats = {}
+    for mode in ("moving", "reestimate"):
+        keras.utils.set_random_seed(0)
+        method = _method(steps=6, generator_bn=mode)
+        part = _part(train, 0, 192)
+        method.begin_task(0, part)
+        method.train_task(0, part, [])
+        gen = method.gen
+        z = np.random.default_rng(123).standard_normal((4096, gen.nz)).astype(np.float32)
+        inputs = gen.head_inputs(z, np.zeros(4096, np.int32)).numpy().astype(np.float64)
+        method.end_task(0)
+        norm = method.gen.task_norms[0]  # task 0's head, carried across the expansion
+        stats[mode] = (norm.moving_mean.numpy(), norm.moving_variance.numpy(), inputs.mean((0, 1, 2)),
+                       inputs.var((0, 1, 2)))
+    mean, var, want_mean, want_var = stats["reestimate"]
+    # Other draws than the re-estimate's: equal up to sampling error of 4096 x 8 x 8 positions.
+    np.testing.assert_allclose(mean, want_mean, rtol=0.05, atol=1e-3)
+    np.testing.assert_allclose(var, want_var, rtol=0.1, atol=1e-3)
+    # The moving average after 6 steps (momentum 0.99) is still mostly its initial 0 and 1.
+    moving_mean, moving_var = stats["moving"][:2]
+    assert np.abs(moving_mean - want_mean).max() > 5 * np.abs(mean - want_mean).max()
+    assert np.abs(moving_var - want_var).max() > 5 * np.abs(var - want_var).max()
