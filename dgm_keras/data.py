@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from typing import Sequence
 
 import numpy as np
@@ -127,15 +128,33 @@ def is_prepared(dataset: str, data_dir: str) -> bool:
     return _tfds().builder(get_spec(dataset).tfds_name, data_dir=data_dir).is_prepared()
 
 
-def ensure_prepared(dataset: str, data_dir: str) -> None:
-    """Makes ``tfds.load(..., download=False)`` work: the offline builder for MNIST, else TFDS's download."""
+def download_host_reachable(dataset: str, timeout: float = 3.0) -> bool:
+    """Whether TFDS's download host for ``dataset`` answers at all: offline, TFDS itself spends
+    minutes in retries before it fails, and the user should read the offline advice at once."""
+    try:
+        with socket.create_connection((get_spec(dataset).download_host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_prepared(dataset: str, data_dir: str, source: str | None = None) -> None:
+    """Makes ``tfds.load(..., download=False)`` work: from ``source`` (a local file or folder, as
+    ``prepare_data --source``), the offline builder for MNIST, else TFDS's download."""
     if is_prepared(dataset, data_dir):
         return
-    if dataset == "mnist":
+    if source is not None or dataset == "mnist":
         from dgm_keras import prepare_data  # noqa: PLC0415 (heavy, only when needed)
 
-        prepare_data.prepare("mnist", data_dir)
+        try:
+            prepare_data.prepare(dataset, data_dir, source)
+        except prepare_data.SourceError as err:
+            raise DataError(str(err)) from None
         return
+    if not download_host_reachable(dataset):
+        raise DataError(f"dataset {dataset!r} is not in data_dir {data_dir!r} and its download host "
+                        f"{get_spec(dataset).download_host} cannot be reached (offline?); "
+                        f"{offline_advice(dataset, data_dir)}")
     tfds = _tfds()
     builder = tfds.builder(get_spec(dataset).tfds_name, data_dir=data_dir)
     try:
@@ -152,7 +171,7 @@ def offline_advice(dataset: str, data_dir: str) -> str:
         return (f"put the files of TFDS's {spec.tfds_name} in its manual_dir ({os.path.join(data_dir, 'downloads', 'manual')}: "
                 f"Imagenet32_train.zip and Imagenet32_val.zip from image-net.org) and rerun (docs/DATA.md)")
     return (f"prepare it offline with `python -m dgm_keras.prepare_data --dataset={dataset} --source=PATH` "
-            f"(source: {spec.offline_source})")
+            f"(source: {spec.offline_source}), or give the same --source=PATH to train")
 
 
 def label_names(dataset: str, data_dir: str) -> list[str]:

@@ -41,6 +41,7 @@ class RunConfig:
     strategy: str = "default"  # config.STRATEGIES; not part of a run's identity: a run may resume under another
     resume_from: str = "latest"  # or "previous": the checkpoint before the newest (when that one is damaged)
     restart: bool = False  # set the old run's files aside (never deleted) and start over
+    source: str | None = None  # a local copy of the dataset to prepare from when data_dir lacks it
 
 
 def package_versions() -> dict:
@@ -170,7 +171,7 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
     runfolders.check_export_folder(export_root, ckpts.run_id, identity, resuming=bool(state))
     for path, flag in ((cfg.workdir, "workdir"), (export_root, "export_dir")):
         runfolders.probe_writable(path, flag)
-    data.ensure_prepared(cfg.dataset, cfg.data_dir)
+    data.ensure_prepared(cfg.dataset, cfg.data_dir, cfg.source)
     names = data.label_names(cfg.dataset, cfg.data_dir)
     scenario = data.make_scenario(cfg.dataset, cfg.classes_per_task, cfg.class_order, cfg.hp.seed, names)
     splits = data.load_scenario_data(scenario, cfg.data_dir, cfg.validation_fraction)

@@ -32,6 +32,8 @@ flags.DEFINE_integer("epochs_per_task", _HP.epochs_per_task, "Passes over a task
 flags.DEFINE_integer("steps_per_task", _HP.steps_per_task, "If > 0, iterations per task instead of epochs.")
 flags.DEFINE_integer("batch_size", _HP.batch_size, "Real images per iteration: the global batch, split across replicas under --strategy.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")
+flags.DEFINE_string("source", None, "A local copy of --dataset (as prepare_data --source: the CIFAR-10 JPEG tar or "
+                    "official archive, Fashion-MNIST IDX folder, SVHN .mat folder) to prepare from when --data_dir lacks it.")
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs (tb/), results.json; default runs/<run_name>.")
 flags.DEFINE_string("export_dir", "savedmodels", "SavedModels land in <export_dir>/<run_name>/{classifier,generator}/<task>.")
 flags.DEFINE_string("run_name", None, "Default <dataset>_<method>_<classes_per_task>cpt_seed<seed>.")
@@ -68,6 +70,8 @@ flags.DEFINE_float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier
                    "--classifier_steps=reference).")
 flags.DEFINE_string("generator_bn", _HP.generator_bn, "DGM's per-task generator batch norm: moving (the moving "
                     "average as training left it) or reestimate (exact statistics at the task's end).")
+flags.DEFINE_string("replay", _HP.replay, "DGM's replay: fixed (a set drawn when a task begins, the reference "
+                    "code) or fresh (drawn anew inside every iteration, from each past task's masks and head).")
 flags.DEFINE_integer("replay_batch_size", _HP.replay_batch_size, "Replayed images of past classes per iteration.")
 flags.DEFINE_integer("replay_per_class", _HP.replay_per_class, "Replay images drawn per past class at a task's start (0: as many as the task's real images per class).")
 flags.DEFINE_bool("reinit_discriminator", _HP.reinit_discriminator, "Re-initialise D at every task (the reference code for MNIST/SVHN; unstable at short budgets).")
@@ -115,7 +119,8 @@ def check_flags(values: dict) -> None:
     if values["d_norm"] not in ("layer", "batch"):
         bad("d_norm", "layer, batch")
     for name, allowed in (("mask_gradient", config.MASK_GRADIENTS), ("classifier", config.CLASSIFIERS),
-                          ("classifier_steps", config.CLASSIFIER_STEPS), ("generator_bn", config.GENERATOR_BN)):
+                          ("classifier_steps", config.CLASSIFIER_STEPS), ("generator_bn", config.GENERATOR_BN),
+                          ("replay", config.REPLAY_MODES)):
         if values[name] not in allowed:
             bad(name, ", ".join(allowed))
     if values["strategy"] not in config.STRATEGIES:
@@ -265,15 +270,15 @@ def use_xla(setting: str) -> bool:
 
 
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
-              "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "workdir", "export_dir", "run_name", "seed", "jit_compile",
+              "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
-              "mask_gradient", "classifier", "classifier_steps", "c_lr", "generator_bn", "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
+              "mask_gradient", "classifier", "classifier_steps", "c_lr", "generator_bn", "replay", "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after", "icarl_memory", "mergan_mode",
               "alignment_weight", "strategy", "cpu_replicas")
 # The flags that change what is learned (not where it is written or on which devices).
 HYPERPARAMETER_FLAGS = tuple(n for n in FLAG_NAMES if n not in (
-    "settings", "data_dir", "workdir", "export_dir", "run_name", "checkpoint_every", "strategy", "cpu_replicas", "jit_compile",
+    "settings", "data_dir", "source", "workdir", "export_dir", "run_name", "checkpoint_every", "strategy", "cpu_replicas", "jit_compile",
     "resume_from", "restart"))
 
 
@@ -334,7 +339,8 @@ def start(values: dict, origin: dict) -> None:
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],
         data_dir=values["data_dir"], workdir=values["workdir"], export_dir=values["export_dir"],
         run_name=values["run_name"], hp=hp, flags=values, settings=origin, checkpoint_every=values["checkpoint_every"],
-        strategy=values["strategy"], resume_from=values["resume_from"], restart=values["restart"])
+        strategy=values["strategy"], resume_from=values["resume_from"], restart=values["restart"],
+        source=values["source"])
     try:
         runner.run(cfg)
     except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged, runfolders.FolderError) as err:

@@ -32,6 +32,12 @@ def compensate_embedding_grad(grad, embedding, s, s_max):
     return grad * (s_max / s) * num / den
 
 
+def fresh_replay_per_task(hp, past_tasks: int) -> int:
+    """Images of each past task in a freshly drawn replay batch: as the fixed set's pipeline gives,
+    ``replay_batch_size`` in all (combined schedule) or ``batch_size`` per task (the reference's)."""
+    return hp.batch_size if hp.classifier_steps == "reference" else max(1, hp.replay_batch_size // past_tasks)
+
+
 def protection_multipliers(generator: networks.Generator) -> dict[str, np.ndarray]:
     """Per weight variable: 0 where past tasks reserved the weight, 1 where it is free.
 
@@ -142,6 +148,8 @@ class DGMTrainer(gan.GANTrainer):
         """One iteration: the classifier steps (if separate from the critic's), the critic step,
         then the generator step, in one compiled function."""
         s = self.scale()
+        if self.hp.replay == "fresh" and self.num_past_classes:
+            batch = (batch, self.fresh_replay())
         values = {}
         if not (self.hp.classifier_steps == "combined" and not self.separate):
             values.update(self.classifier_steps(batch))
@@ -178,6 +186,21 @@ class DGMTrainer(gan.GANTrainer):
             losses.append(loss)
         loss = ops.mean(ops.stack(losses))
         return dict(cls_loss=loss)  # real and replay together: replay_cls_loss is logged by the critic step only
+
+    def fresh_replay(self):
+        """A replay batch drawn now: images of every past task from its own masks and head, as many
+        per task as the schedule's replay batch holds (``replay_batch_size`` in all for the combined
+        schedule, ``batch_size`` per past task for the reference's)."""
+        cpt = self.class_hi - self.class_lo
+        past_tasks = self.num_past_classes // cpt
+        n = fresh_replay_per_task(self.hp, past_tasks)
+        xs, ys = [], []
+        for t in range(past_tasks):
+            z = keras.random.normal((n, self.generator.nz), seed=self.seed_gen)
+            y = keras.random.randint((n,), t * cpt, (t + 1) * cpt, seed=self.seed_gen, dtype="int32")
+            xs.append(ops.stop_gradient(self.generator(z, y, task=t, training=False)))
+            ys.append(y)
+        return ops.concatenate(xs, 0), ops.concatenate(ys, 0)
 
     def reference_steps(self) -> int:
         """t+1: one classifier step for the real batch and one per past task's replay batch."""
@@ -288,9 +311,12 @@ class DGM(base.ContinualMethod):
         if self.hp.classifier == "separate":
             self.cls = self.grown(self.cls, seen, "classifier")
         per_class = gan.replay_per_class(self.hp, train, self.scenario.classes_per_task)
-        self.replay = self.replay_arrays(task, per_class) if task else None
-        self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
+        self.replay = self.replay_arrays(task, per_class) if task and self.hp.replay == "fixed" else None
         epochs, steps = self.task_steps(train)
+        if self.hp.replay == "fresh" and task:  # drawn inside the step: count what the task will draw
+            self.replay_counts.append(epochs * steps * fresh_replay_per_task(self.hp, task) * task)
+        else:
+            self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
         weight = self.hp.sparsity_weight * expansion.generator_size(self.gen) / self.initial_size
         self.trainer = DGMTrainer(self.gen, self.disc, self.scenario.task_classes(task),
                                   task * self.scenario.classes_per_task, epochs * steps, self.hp, weight,
