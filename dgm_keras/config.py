@@ -14,6 +14,7 @@ MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compe
 CLASSIFIERS = ("shared", "separate")  # the critic's trunk (the paper), or a trunk of its own
 CLASSIFIER_STEPS = ("combined", "reference")  # one step on real + replay inside the critic step, or the reference's t+1 steps
 GENERATOR_BN = ("moving", "reestimate")
+CLASSIFIER_DATA = ("real", "generated")  # the current task's real images (the paper), or its generated ones
 REPLAY_MODES = ("fixed", "fresh")  # replay drawn once at a task's start (the reference), or anew every iteration (MeRGAN)  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
 # Methods whose train steps scale their losses per replica (tests/test_distribution.py).
@@ -81,6 +82,7 @@ class HyperParams:
     mask_gradient: str = "annealed"
     classifier: str = "shared"
     classifier_steps: str = "combined"
+    classifier_data: str = "real"
     c_lr: float = 2e-3  # the classifier steps' Adam learning rate (--classifier_steps=reference or --classifier=separate)
     generator_bn: str = "moving"
     replay: str = "fixed"  # DGM only: the other generative-replay baselines keep their own rule

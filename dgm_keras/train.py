@@ -66,6 +66,9 @@ flags.DEFINE_string("classifier", _HP.classifier, "DGM's classifier: shared (the
                     "head, the paper) or separate (a network of the same shape with a trunk of its own).")
 flags.DEFINE_string("classifier_steps", _HP.classifier_steps, "DGM's classifier updates per iteration: combined (one, "
                     "on real + replay) or reference (the reference code's t+1 steps of --batch_size images at task t).")
+flags.DEFINE_string("classifier_data", _HP.classifier_data, "What DGM's classifier steps learn the current task "
+                    "from, beside the replay: real (its real images, the paper) or generated (the generator's images of "
+                    "it, so that no class is told apart by looking real; needs the classifier's own steps).")
 flags.DEFINE_float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
                    "--classifier_steps=reference).")
 flags.DEFINE_string("generator_bn", _HP.generator_bn, "DGM's per-task generator batch norm: moving (the moving "
@@ -119,10 +122,15 @@ def check_flags(values: dict) -> None:
     if values["d_norm"] not in ("layer", "batch"):
         bad("d_norm", "layer, batch")
     for name, allowed in (("mask_gradient", config.MASK_GRADIENTS), ("classifier", config.CLASSIFIERS),
-                          ("classifier_steps", config.CLASSIFIER_STEPS), ("generator_bn", config.GENERATOR_BN),
+                          ("classifier_steps", config.CLASSIFIER_STEPS),
+                          ("classifier_data", config.CLASSIFIER_DATA), ("generator_bn", config.GENERATOR_BN),
                           ("replay", config.REPLAY_MODES)):
         if values[name] not in allowed:
             bad(name, ", ".join(allowed))
+    if values["classifier_data"] == "generated" and (values["classifier"], values["classifier_steps"]) == (
+            "shared", "combined"):
+        bad("classifier_data", "real with --classifier=shared --classifier_steps=combined (generated needs the "
+            "classifier's own steps: --classifier=separate or --classifier_steps=reference)")
     if values["strategy"] not in config.STRATEGIES:
         bad("strategy", ", ".join(config.STRATEGIES))
     if values["strategy"] != "default" and values["method"] not in config.DISTRIBUTED_METHODS:
@@ -157,7 +165,7 @@ def check_flags(values: dict) -> None:
     for name in ("ngf",):
         if values[name] is not None and values[name] <= 0:
             bad(name, "a positive integer")
-    for name in ("g_lr", "d_lr", "s_max"):
+    for name in ("g_lr", "d_lr", "c_lr", "s_max"):
         if values[name] is not None and not values[name] > 0:
             bad(name, "a positive number")
     for name in ("gp_weight", "ac_weight", "sparsity_weight"):
@@ -273,7 +281,7 @@ FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order"
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name", "seed", "jit_compile",
               "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max", "ac_weight",
-              "mask_gradient", "classifier", "classifier_steps", "c_lr", "generator_bn", "replay", "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
+              "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "replay", "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after", "icarl_memory", "mergan_mode",
               "alignment_weight", "strategy", "cpu_replicas")
 # The flags that change what is learned (not where it is written or on which devices).

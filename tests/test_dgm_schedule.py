@@ -140,3 +140,15 @@ def test_reestimated_generator_batch_norm_holds_the_inputs_exact_statistics(mnis
     moving_mean, moving_var = stats["moving"][:2]
     assert np.abs(moving_mean - want_mean).max() > 5 * np.abs(mean - want_mean).max()
     assert np.abs(moving_var - want_var).max() > 5 * np.abs(var - want_var).max()
+
+
+@pytest.mark.parametrize("classifier_data", ["real", "generated"])
+def test_generated_classifier_data_never_shows_the_classifier_a_real_image(mnist_scenario_data, classifier_data):
+    # Real images poisoned with NaN: the classifier's weights turn NaN if and only if its steps read them.
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 1, classifier="separate", classifier_steps="reference", classifier_data=classifier_data)
+    (real_x, real_y), replay = next(iter(method.pipeline(1, _part(train, 1, 64))))
+    poisoned = (tf.fill(tf.shape(real_x), float("nan")), real_y)
+    method.trainer.classifier_steps((poisoned, replay))
+    finite = all(np.isfinite(v.numpy()).all() for v in method.cls.trainable_variables)
+    assert finite is (classifier_data == "generated")

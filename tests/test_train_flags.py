@@ -39,6 +39,15 @@ def _values(tmp_path, **over):
     (dict(memory_per_class=-1), r"--memory_per_class=-1 .*0 or a positive"),
     (dict(ewc_lambda=-1.0), r"--ewc_lambda=-1.0 .*>= 0"),
     (dict(rwalk_alpha=1.5), r"--rwalk_alpha=1.5 .*\[0, 1\]"),
+    (dict(mask_gradient="hat"), r"--mask_gradient='hat' is not allowed; allowed: annealed, constant"),
+    (dict(classifier="own"), r"--classifier='own' is not allowed; allowed: shared, separate"),
+    (dict(classifier_steps="many"), r"--classifier_steps='many' is not allowed; allowed: combined, reference"),
+    (dict(classifier_data="fake"), r"--classifier_data='fake' is not allowed; allowed: real, generated"),
+    (dict(classifier_data="generated", classifier="shared", classifier_steps="combined"),
+     r"--classifier_data='generated' is not allowed; allowed: real with --classifier=shared --classifier_steps=combined"),
+    (dict(generator_bn="none"), r"--generator_bn='none' is not allowed; allowed: moving, reestimate"),
+    (dict(replay="both"), r"--replay='both' is not allowed; allowed: fixed, fresh"),
+    (dict(c_lr=0.0), r"--c_lr=0.0 .*positive number"),
 ])
 def test_bad_values_are_named(tmp_path, over, pattern):
     with pytest.raises(train.FlagError, match=pattern):

@@ -72,7 +72,11 @@ class DGMTrainer(gan.GANTrainer):
     (``--classifier=separate``). It learns from the real batch and the replay either inside
     the critic step (``--classifier_steps=combined``: one step, every seen class weighted
     alike) or, as the reference code, in t+1 steps of its own before the critic step
-    (``reference``: real and replay permuted and cut into batches of ``batch_size``).
+    (``reference``: real and replay permuted and cut into batches of ``batch_size``). With
+    ``--classifier_data=generated`` its steps see the current task as the generator draws it
+    instead of its real images: every class then comes from the generator, and "looks real"
+    no longer tells the current task from the past ones (with real images it did, and real
+    test images of past classes were pulled to the current one: docs/RESULTS.md).
     """
 
     LOSSES = ("d_loss", "g_loss", "wasserstein", "gradient_penalty", "cls_loss", "replay_cls_loss",
@@ -163,6 +167,9 @@ class DGMTrainer(gan.GANTrainer):
         n = ops.shape(real_x)[0]
         seen = self.class_hi - self.class_lo + self.num_past_classes
         share = (self.class_hi - self.class_lo) / seen
+        if self.hp.classifier_data == "generated":  # the current task as the generator draws it, like the replay
+            z, real_y = self.sample_current(n)
+            real_x = ops.stop_gradient(self.generator(z, real_y, s=self.scale(), training=True))
         if self.num_past_classes == 0:
             chunks = [(real_x, real_y, None)]
         elif self.hp.classifier_steps == "combined":
