@@ -30,6 +30,8 @@ flags.DEFINE_list("modes", ["weight", "activation"], "weight (DGMw), activation 
 flags.DEFINE_list("shapes", ["mnist", "cifar10"], "mnist (32x32x1), cifar10 (32x32x3).")
 flags.DEFINE_list("xla", ["false", "true"], "jit_compile settings to measure.")
 flags.DEFINE_list("tasks", ["1", "10"], "Task numbers to measure (1-based).")
+flags.DEFINE_list("schedules", ["combined", "reference"], "DGM's classifier schedules (--classifier_steps): combined "
+                  "(one D step an iteration) or reference (the reference code's t+1 classifier steps plus the critic step).")
 flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
 flags.DEFINE_integer("steps", 40, "Timed iterations.")
 flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
@@ -56,7 +58,7 @@ class _Timer:
         return Callback()
 
 
-def measure(mode: str, channels: int, task: int, xla: bool) -> tuple[float, float, dict]:
+def measure(mode: str, channels: int, task: int, xla: bool, schedule: str) -> tuple[float, float, dict]:
     from dgm_keras import data, expansion  # noqa: PLC0415
     from dgm_keras.methods import base, dgm  # noqa: PLC0415
 
@@ -64,7 +66,7 @@ def measure(mode: str, channels: int, task: int, xla: bool) -> tuple[float, floa
     hp = base.HyperParams(batch_size=FLAGS.batch_size, replay_batch_size=FLAGS.batch_size,
                           steps_per_task=FLAGS.warmup + FLAGS.steps, jit_compile=xla,
                           ngf=6 if mode == "weight" else 20, replay_per_class=256,
-                          s_max=1e4 if mode == "weight" else 1e5)
+                          s_max=1e4 if mode == "weight" else 1e5, classifier_steps=schedule)
     method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
     rng = np.random.default_rng(0)
     for _ in range(task - 1):  # past tasks: random masks over free entries, then expansion
@@ -114,19 +116,18 @@ def part_times(trainer, batch) -> dict:
 def main(argv):
     del argv
     channels = {"mnist": 1, "cifar10": 3}
-    print("method shape   task xla   s/it    it/s   images/s  first-step(s)  G size  widths")
-    for mode in FLAGS.modes:
-        for shape in FLAGS.shapes:
-            for xla in FLAGS.xla:
-                for task in FLAGS.tasks:
-                    per_step, first, info = measure(mode, channels[shape], int(task), xla == "true")
-                    name = "dgmw" if mode == "weight" else "dgma"
-                    print(f"{name:6s} {shape:7s} {task:>4s} {xla:5s} {per_step:.4f} {1 / per_step:7.2f} "
-                          f"{FLAGS.batch_size / per_step:9.1f}  {first:12.1f}  {info['generator_size']:6d}  "
-                          f"{info['widths']}", flush=True)
-                    if "parts" in info:
-                        print("       critic step {critic:.4f} s, generator step {generator:.4f} s".format(
-                            **info["parts"]), flush=True)
+    print("method shape   task xla   schedule  D steps  s/it    it/s   images/s  first-step(s)  G size  widths")
+    configs = [(m, sh, x, int(t), sc) for m in FLAGS.modes for sh in FLAGS.shapes for x in FLAGS.xla
+               for t in FLAGS.tasks for sc in FLAGS.schedules]
+    for mode, shape, xla, task, schedule in configs:
+        per_step, first, info = measure(mode, channels[shape], task, xla == "true", schedule)
+        name = "dgmw" if mode == "weight" else "dgma"
+        d_steps = 1 + (task if schedule == "reference" else 0)  # optimizer steps on D (and classifier) an iteration
+        print(f"{name:6s} {shape:7s} {task:4d} {xla:5s} {schedule:9s} {d_steps:7d}  {per_step:.4f} {1 / per_step:7.2f} "
+              f"{FLAGS.batch_size / per_step:9.1f}  {first:12.1f}  {info['generator_size']:6d}  {info['widths']}",
+              flush=True)
+        if "parts" in info:
+            print("       critic step {critic:.4f} s, generator step {generator:.4f} s".format(**info["parts"]), flush=True)
 
 
 if __name__ == "__main__":
