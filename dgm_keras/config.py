@@ -7,7 +7,20 @@ import dataclasses
 import os
 
 IMAGE_SIZE = 32
-METHOD_NAMES = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
+# Each --method and what it is, for --help and the tables.
+METHODS = {
+    "dgmw": "DGM with binary masks on the generator's weights (the paper's DGMw; the main command)",
+    "dgma": "DGM with binary masks on the generator's activations (DGMa)",
+    "joint": "the classifier trained on every class seen so far, all real data (upper bound)",
+    "finetune": "the classifier trained on each task's data alone (lower bound: forgets)",
+    "ewc": "Elastic Weight Consolidation (online; --memory_per_class for EWC-M)",
+    "si": "Synaptic Intelligence (--memory_per_class for SI-M)",
+    "rwalk": "Riemannian Walk (--memory_per_class for RWalk-M)",
+    "icarl": "iCaRL: herded exemplars of real images, nearest-mean-of-exemplars classifier",
+    "dgr": "Deep Generative Replay: an unconditional WGAN-GP replays, the old classifier labels",
+    "mergan": "MeRGAN: a conditional WGAN-GP replays (--mergan_mode=jtr or ra)",
+}
+METHOD_NAMES = tuple(METHODS)
 MERGAN_MODES = ("jtr", "ra")
 # How DGM learns (issue 11): each choice is a flag; docs/RESULTS.md has the measurements behind its default.
 MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compensation, or the compensated gradient at every step
