@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import evaluation
+from dgm_keras import evaluation, figures
 
 
 class LossLogger(keras.callbacks.Callback):
@@ -50,25 +50,55 @@ def _grid(images: np.ndarray, rows: int) -> np.ndarray:
     return ((grid + 1.0) / 2.0)[None]
 
 
-def _matrix_image(matrix, cell: int = 24) -> np.ndarray:
-    n = len(matrix)
-    img = np.zeros((n, n), np.float32)
-    for i, row in enumerate(matrix):
-        img[i, : len(row)] = row
-    return np.kron(img, np.ones((cell, cell), np.float32))[None, :, :, None]
+def _png_image(png: bytes):
+    """PNG bytes as the [1, H, W, 4] batch ``tf.summary.image`` takes."""
+    return tf.image.decode_png(png, channels=4)[None]
 
 
-def log_task(writer, task: int, accuracy: float, matrix, report: dict, samples: np.ndarray | None,
-             samples_per_class: int, mask_usage: dict[str, float] | None) -> None:
-    """Per-task summaries: A_t, the accuracy matrix as an image, samples of every seen class,
-    mask usage per layer and the generator's size."""
+def _markdown_table(values: dict, header: str) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in values.items())
+    return f"| {header} | value |\n|---|---|\n{rows}"
+
+
+def log_run(writer, results: dict, run_name: str) -> None:
+    """The run's flags, settings and hyperparameters: as text (TEXT tab) and for the HParams
+    tab, whose table then compares runs of a logdir by them (with A_t as a metric)."""
+    from tensorboard.plugins.hparams import api as hparams  # noqa: PLC0415
+
+    with writer.as_default(step=0):
+        tf.summary.text("run/flags", _markdown_table(results["flags"], "flag"))
+        tf.summary.text("run/hyperparameters", _markdown_table(results["hyperparameters"], "hyperparameter"))
+        origin = results.get("settings") or {}
+        tf.summary.text("run/settings", f"settings file: {origin.get('file')}\n\n" + _markdown_table(
+            {k: v for k, v in origin.get("sources", {}).items() if v != "default"}, "flag not at its default: from"))
+        flat = {"method": results["method"], "dataset": results["scenario"]["dataset"],
+                "classes_per_task": results["scenario"]["classes_per_task"]}
+        flat.update({k: v for k, v in results["hyperparameters"].items() if isinstance(v, (bool, int, float, str))})
+        hparams.hparams(flat, trial_id=run_name)
+    writer.flush()
+
+
+def log_task(writer, task: int, results: dict, samples: np.ndarray | None, samples_per_class: int) -> None:
+    """Per-task summaries: A_t (strict, selected, on validation), forgetting and backward
+    transfer so far, per-class accuracy, the accuracy matrix as a labelled heatmap, samples of
+    every seen class, mask usage per layer and the generator's size."""
     step = task + 1
+    report = results["method_report"]
+    names = results["scenario"]["class_names"]
     with writer.as_default(step=step):
-        tf.summary.scalar("eval/A_t", accuracy)
-        tf.summary.image("eval/accuracy_matrix", _matrix_image(matrix))
+        tf.summary.scalar("eval/A_t", results["A_t"][task])
+        tf.summary.scalar("eval/A_t_selected", results["A_t_selected"][task])
+        if len(results["A_t_validation"]) > task:
+            tf.summary.scalar("eval/A_t_validation", results["A_t_validation"][task])
+        tf.summary.scalar("eval/forgetting", results["forgetting"])
+        tf.summary.scalar("eval/backward_transfer", results["backward_transfer"])
+        for label, accuracy in enumerate(results["per_class_accuracy"][task]):
+            tf.summary.scalar(f"per_class/{label:02d}_{names[label]}", accuracy)
+        tf.summary.image("eval/accuracy_matrix", _png_image(figures.png(figures.accuracy_heatmap(
+            results["accuracy_matrix"], f"Accuracy (%) after task {step}, strict"))))
         if samples is not None:
             tf.summary.image("samples/all_seen_classes", _grid(samples, len(samples) // samples_per_class))
-        for layer, used in (mask_usage or {}).items():
+        for layer, used in (report.get("reserved_fraction_last") or {}).items():
             tf.summary.scalar(f"masks/reserved_fraction/{layer}", used)
         sizes = report.get("generator_size_after_task")
         if sizes:

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring, runfolders
+from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring, provenance, runfolders
 from dgm_keras.methods import base, make_method
 
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "absl-py", "numpy")
@@ -85,9 +85,15 @@ def run_identity(cfg: RunConfig) -> dict:
 
 def fresh_results(cfg: RunConfig, scenario, splits, hp) -> dict:
     """``hp``: the hyperparameters as the method runs them (its defaults filled)."""
+    hyperparameters = dataclasses.asdict(hp)
     return {
-        "complete": False, "method": cfg.method, "scenario": scenario.to_dict(), "flags": cfg.flags,
-        "settings": cfg.settings, "hyperparameters": dataclasses.asdict(hp), "versions": package_versions(),
+        "complete": False, "method": cfg.method, "scenario": scenario.to_dict(),
+        "units": provenance.UNITS,
+        "started_at": provenance.now(), "finished_at": None, "code_version": provenance.code_version(),
+        # Each value once: the hyperparameters as the method ran them (its defaults filled, jit_compile
+        # as resolved), and the flags that are not hyperparameters (scenario, paths, devices) as resolved.
+        "flags": {k: v for k, v in cfg.flags.items() if k not in hyperparameters},
+        "settings": cfg.settings, "hyperparameters": hyperparameters, "versions": package_versions(),
         "counts": {"train": len(splits.train.labels), "test": len(splits.test.labels),
                    "validation": 0 if splits.validation is None else len(splits.validation.labels)},
         "accuracy_matrix": [], "A_t": [], "per_class_accuracy": [],
@@ -204,6 +210,7 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
         ckpts.write_state(ckpts.state)
     writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tb"))
     writers.append(writer)
+    monitoring.log_run(writer, results, cfg.run_name)
     resuming = bool(state)
 
     def finish(task):
@@ -233,9 +240,10 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
             labels = np.repeat(np.arange(scenario.seen_classes(task)), cfg.samples_per_class)
             samples = method.sample(labels, seed=cfg.hp.seed)
         results["exports"].append(exported)
-        monitoring.log_task(writer, task, results["A_t"][task], results["accuracy_matrix"], results["method_report"],
-                            samples, cfg.samples_per_class, results["method_report"].get("reserved_fraction_last"))
+        monitoring.log_task(writer, task, results, samples, cfg.samples_per_class)
         results["complete"] = task == scenario.num_tasks - 1
+        if results["complete"]:
+            results["finished_at"] = provenance.now()
         ckpts.mark_exported(results)
         atomic_write_json(results_path, results)
 

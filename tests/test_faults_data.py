@@ -229,7 +229,7 @@ def test_nan_after_a_checkpoint_names_restart_which_starts_over(tmp_path, mnist_
 
     lines = []
     results = _run(dict(flags, d_lr=0.0005, restart=True), lines)
-    assert results["complete"] and results["flags"]["d_lr"] == 0.0005 and results["resumed_at"] == []
+    assert results["complete"] and results["hyperparameters"]["d_lr"] == 0.0005 and results["resumed_at"] == []
     (aside_work,) = os.listdir(tmp_path / "work" / "set_aside")
     (aside_exp,) = os.listdir(tmp_path / "exp" / "r" / "set_aside")
     assert lines[0] == (f"--restart: the old run's files are set aside in {tmp_path / 'work' / 'set_aside' / aside_work} "
