@@ -87,5 +87,8 @@ def tensorflow_imported(show_all: bool = False):
 
         tf.config.list_physical_devices()
     if not show_all:
+        from absl import logging  # noqa: PLC0415 (TFDS logs each dataset it opens at INFO)
+
         tf.get_logger().setLevel("ERROR")
+        logging.set_verbosity(logging.WARNING)
     return tf
