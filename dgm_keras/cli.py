@@ -34,7 +34,7 @@ def allowed(name: str) -> str:
     if isinstance(parser, flags.IntegerParser) and high is None:
         return {0: "0 or a positive integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
     if low is not None and high is not None:
-        return f"a number in [{low}, {high}]"
+        return f"{'an integer' if isinstance(parser, flags.IntegerParser) else 'a number'} in [{low}, {high}]"
     if low is not None:
         return f"a number >= {low}"
     return parser.syntactic_help

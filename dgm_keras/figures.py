@@ -24,6 +24,12 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
+def save(fig, path: str) -> None:
+    """Writes the figure in the format its file name says (.png, .pdf, .svg, .jpg) and closes it."""
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def accuracy_heatmap(matrix, title: str = "Accuracy (%) on each task's classes"):
     """The lower-triangular accuracy matrix: a row per task learned, a column per task scored,
     the value in each cell, a colour bar; cells above the diagonal (not yet seen) are blank."""
