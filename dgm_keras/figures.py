@@ -70,7 +70,7 @@ def curves(series: dict[str, list[float]], title: str, ylabel: str, percent: boo
     ax.grid(alpha=0.3)
     ax.set_title(title)
     if series:
-        ax.legend(fontsize=8, ncol=2 if len(series) > 5 else 1)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
