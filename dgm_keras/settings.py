@@ -20,7 +20,10 @@ import re
 from dgm_keras import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS_DIR = os.path.join(ROOT, "flags")
+# A checkout's flags/; an installed package (``pip install .``) carries them as dgm_keras/flagfiles.
+SETTINGS_DIR = next((d for d in (os.path.join(ROOT, "flags"), os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                           "flagfiles")) if os.path.isdir(d)),
+                    os.path.join(ROOT, "flags"))
 
 # Settings keys that are not method names, and their method.
 VARIANTS = {"ewc_m": "ewc", "si_m": "si", "rwalk_m": "rwalk", "mergan_ra": "mergan"}
