@@ -62,3 +62,26 @@ def poison_second_task(monkeypatch):
         return data.ScenarioData(scenario, data.SplitArrays(images, splits.train.labels), splits.validation, splits.test)
 
     monkeypatch.setattr(data, "load_scenario_data", poisoned)
+
+
+@pytest.fixture(scope="session")
+def finished_run(mnist_dir, tmp_path_factory):
+    """One short DGMw run through the entry point, finished (2 tasks of 5 MNIST classes, 10 steps
+    each, so the losses are logged once a task): what the tests of the commands, the plots,
+    TensorBoard and results.json read. Its console output is kept."""
+    import json
+    import subprocess
+    import types
+
+    root = tmp_path_factory.mktemp("finished")
+    workdir, export_root = root / "runs" / "r", root / "exp" / "r"
+    cmd = [sys.executable, "-m", "dgm_keras.train", f"--data_dir={mnist_dir}", f"--workdir={workdir}",
+           f"--export_dir={root / 'exp'}", "--run_name=r", "--method=dgmw", "--classes_per_task=5",
+           "--steps_per_task=10", "--ngf=4", "--checkpoint_every=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(workdir / "results.json") as f:
+        results = json.load(f)
+    return types.SimpleNamespace(root=root, workdir=workdir, export_root=export_root, stdout=proc.stdout,
+                                 stderr=proc.stderr, results=results)
