@@ -118,7 +118,7 @@ def main(argv):
     except (saved.SavedError, data.DataError) as err:
         sys.exit(f"evaluate: {err}")
     result = scores(predicted, part.labels, seen, scenario.classes_per_task)
-    print(f"evaluate: {version.path} (task {version.version}, {seen} classes seen) on the {values['dataset']} "
+    print(f"evaluate: {version.shown} (task {version.version}, {seen} classes seen) on the {values['dataset']} "
           f"{spec.test_split} split")
     print(format_scores(result, list(scenario.class_names[:seen])))
     if FLAGS.json:

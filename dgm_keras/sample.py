@@ -92,8 +92,8 @@ def main(argv):
     names = version.class_names
     rows = [f"{c}: {names[c]}" if names and c < len(names) else f"class {c}" for c in classes]
     grid = images.reshape(len(classes), FLAGS.per_class, *images.shape[1:])
-    figures.save(figures.image_grid(grid, rows, f"{version.path} (task {version.version}), seed {FLAGS.seed}"), FLAGS.out)
-    print(f"sample: {len(classes)} classes x {FLAGS.per_class} images from {version.path} -> {FLAGS.out}")
+    figures.save(figures.image_grid(grid, rows, f"{version.shown} (task {version.version}), seed {FLAGS.seed}"), FLAGS.out)
+    print(f"sample: {len(classes)} classes x {FLAGS.per_class} images from {version.shown} -> {FLAGS.out}")
 
 
 def run() -> None:

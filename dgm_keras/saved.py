@@ -31,6 +31,12 @@ class Version:
     class_names: list[str] | None  # from the run's results.json, when it can be read
 
     @property
+    def shown(self) -> str:
+        """The path as the user would type it: relative when under the working directory."""
+        rel = os.path.relpath(self.path)
+        return self.path if rel.startswith("..") else rel
+
+    @property
     def identity(self) -> dict:
         return (self.run or {}).get("identity", {})
 
