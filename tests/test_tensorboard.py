@@ -114,11 +114,18 @@ def test_accuracy_matrix_is_a_colour_heatmap(server):
     assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 0.3  # colour (viridis), not grey
 
 
+def _table(server, tag) -> dict[str, str]:
+    """A text summary's two-column table, as TensorBoard renders it (HTML)."""
+    (entry,) = _get(server, "/data/plugin/text/text", run=".", tag=tag)
+    return dict(re.findall(r"<td>(.*?)</td>\s*<td>(.*?)</td>", entry["text"]))
+
+
 def test_flags_and_hyperparameters_are_there(server, finished_run):
-    (flags_text,) = _get(server, "/data/plugin/text/text", run=".", tag="run/flags")
-    assert f"| workdir | {finished_run.workdir} |" in flags_text["text"]
-    (hp_text,) = _get(server, "/data/plugin/text/text", run=".", tag="run/hyperparameters")
-    assert "| sparsity_weight | 8.0 |" in hp_text["text"] and "| steps_per_task | 10 |" in hp_text["text"]
+    flags = _table(server, "run/flags")
+    assert flags["workdir"] == str(finished_run.workdir) and flags["method"] == "dgmw"
+    hyperparameters = _table(server, "run/hyperparameters")
+    assert hyperparameters["sparsity_weight"] == "8.0" and hyperparameters["steps_per_task"] == "10"
+    assert not set(flags) & set(hyperparameters)  # each value once
     request = urllib.request.Request(f"{server}/data/plugin/hparams/experiment", data=b"{}", method="POST",
                                      headers={"X-XSRF-Protected": "1", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
