@@ -62,3 +62,32 @@ def test_dgmw_run_writes_everything(tmp_path, mnist_dir):
     events = [f for f in os.listdir(tmp_path / "work" / "tb") if f.startswith("events")]
     assert events
     assert np.isfinite(res["last_losses"]["d_loss"])
+
+
+def test_results_json_says_what_it_holds(finished_run):
+    import dataclasses
+    import datetime
+
+    from dgm_keras import config, quiet
+
+    res = finished_run.results
+    assert "fractions in [0, 1]" in res["units"]["accuracy"] and "last_losses" in res["units"]
+    assert all(0.0 <= a <= 1.0 for a in res["A_t"])  # fractions, as the units say
+    started = datetime.datetime.fromisoformat(res["started_at"])
+    finished = datetime.datetime.fromisoformat(res["finished_at"])
+    assert started.tzinfo is not None and started <= finished
+    assert (finished - started).total_seconds() >= sum(res["task_seconds"]) - 1
+    version = res["code_version"]
+    assert version["package"] == "0.1.0"
+    if os.path.isdir(os.path.join(ROOT, ".git")) or os.path.isfile(os.path.join(ROOT, ".git")):
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert version["git_commit"] == head and isinstance(version["git_dirty"], bool)
+    # Each value once: hyperparameters as the method ran them, flags for the rest.
+    assert not set(res["flags"]) & set(res["hyperparameters"])
+    assert set(res["hyperparameters"]) == {f.name for f in dataclasses.fields(config.HyperParams)}
+    assert res["hyperparameters"]["jit_compile"] is False  # as resolved ("auto" on a CPU), not as typed
+    assert res["hyperparameters"]["ac_weight"] == 1.0 and res["flags"]["workdir"] == str(finished_run.workdir)
+    # The console: the run's own lines on stdout; none of TensorFlow's start-up notices on stderr.
+    assert finished_run.stdout.startswith("train: mnist, dgmw, 5 class(es) a task; settings flags/mnist_dgmw.cfg")
+    noise = [line for line in finished_run.stderr.splitlines() if quiet.is_notice(line, quiet.has_nvidia_driver())]
+    assert noise == [] and "oneDNN" not in finished_run.stderr, finished_run.stderr[-2000:]
