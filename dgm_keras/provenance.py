@@ -25,8 +25,9 @@ UNITS = {
     "checkpoint_seconds": "of task_seconds, the seconds spent writing checkpoints",
     "started_at": "UTC, ISO 8601, when the run first started (a resume keeps it); finished_at: when its last task "
                   "was exported (null until then)",
-    "last_losses": "the training losses of the last task finished, each the mean over that task's last epoch (with "
-                   "--steps_per_task: over all its steps), as Keras' fit logged them; in the losses' own units",
+    "last_losses": "the training losses of the last task finished, each the mean of its tracker over that task's "
+                   "last fit call: its last epoch (with --steps_per_task: all its steps; after a resume within the "
+                   "task: the steps since the resume); in the losses' own units",
     "generator_size_after_task": "parameters of the generator after each task (method_report)",
     "parameters": "trainable weights of the classifier and of the generator (0 if none) after the last task finished",
 }
