@@ -1,6 +1,6 @@
 """What every command of the package does the same way around absl's ``app.run``.
 
-- A bad flag ends with one line, ``<prog>: --x=v is not allowed; allowed: ...`` (absl's own
+- An argument that is not a flag, or a bad flag, ends with one line, ``<prog>: --x=v is not allowed; allowed: ...`` (absl's own
   parse error is two lines, ``FATAL Flags parsing error: ...`` and a hint), exit status 1.
 - ``--help`` prints the command's docstring and its own flags, by group, and exits 0 (absl
   exits 1 after help, which reads as a failure in scripts and CI); ``--helpfull`` adds absl's
@@ -83,8 +83,13 @@ def run(main, prog: str, doc: str, groups) -> None:
         except flags.Error as err:
             sys.exit(f"{prog}: {one_line(err)}")
 
+    def checked(argv):
+        if len(argv) > 1:
+            sys.exit(f"{prog}: unexpected arguments {argv[1:]}; pass everything as --flags")
+        return main(argv)
+
     try:
-        app.run(main, flags_parser=parse)
+        app.run(checked, flags_parser=parse)
     except SystemExit as done:
         if done.code == 1 and any(arg in FULL_HELP for arg in sys.argv[1:]):
             sys.exit(0)

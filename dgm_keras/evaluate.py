@@ -81,8 +81,7 @@ def _scenario_settings(version: saved.Version) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"evaluate: unexpected arguments {argv[1:]}; pass everything as --flags")
+    del argv  # cli.run refuses extra arguments
     if not FLAGS.model:
         sys.exit("evaluate: --model is required: an exported classifier, e.g. savedmodels/<run>/classifier/1")
     try:

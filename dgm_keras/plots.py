@@ -158,8 +158,7 @@ def draw_all(complete: list[dict], out: str, per_class: int) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"plots: unexpected arguments {argv[1:]}; pass everything as --flags")
+    del argv  # cli.run refuses extra arguments
     if not os.path.isdir(FLAGS.runs):
         sys.exit(f"plots: --runs={FLAGS.runs!r}: no such folder; allowed: a folder of runs, e.g. runs/benchmark")
     complete, partial = load(FLAGS.runs)

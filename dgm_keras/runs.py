@@ -83,8 +83,7 @@ def table(runs: list[dict], root: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"runs: unexpected arguments {argv[1:]}; pass everything as --flags")
+    del argv  # cli.run refuses extra arguments
     root = FLAGS.root
     if not os.path.isdir(root):
         sys.exit(f"runs: --root={root!r}: no such folder; allowed: a folder of runs (train writes runs/<run_name>)")

@@ -58,8 +58,7 @@ def _check_out(out: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"sample: unexpected arguments {argv[1:]}; pass everything as --flags")
+    del argv  # cli.run refuses extra arguments
     if not FLAGS.model:
         sys.exit("sample: --model is required: an exported generator, e.g. savedmodels/<run>/generator/1")
     try:
