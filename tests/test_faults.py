@@ -62,7 +62,7 @@ def afile(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--seed=-1"], "train: --seed=-1 is not allowed; allowed: an integer >= 0"),
+    (["--seed=-1"], "train: --seed=-1 is not allowed; allowed: 0 or a positive integer"),
     (["--mask_init=nan"], "train: --mask_init=nan is not allowed; allowed: a finite number float32 holds"),
     (["--method=ewc", "--ewc_lambda=1e300"], "train: --ewc_lambda=1e+300 is not allowed; allowed: a finite number float32 holds"),
     (["--g_lr=inf"], "train: --g_lr=inf is not allowed; allowed: a finite number"),
