@@ -74,6 +74,8 @@ def finished_run(mnist_dir, tmp_path_factory):
     import types
 
     root = tmp_path_factory.mktemp("finished")
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else None  # what results.json should name
     workdir, export_root = root / "runs" / "r", root / "exp" / "r"
     cmd = [sys.executable, "-m", "dgm_keras.train", f"--data_dir={mnist_dir}", f"--workdir={workdir}",
            f"--export_dir={root / 'exp'}", "--run_name=r", "--method=dgmw", "--classes_per_task=5",
@@ -84,4 +86,4 @@ def finished_run(mnist_dir, tmp_path_factory):
     with open(workdir / "results.json") as f:
         results = json.load(f)
     return types.SimpleNamespace(root=root, workdir=workdir, export_root=export_root, stdout=proc.stdout,
-                                 stderr=proc.stderr, results=results)
+                                 stderr=proc.stderr, results=results, commit=commit)

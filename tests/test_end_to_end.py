@@ -79,9 +79,8 @@ def test_results_json_says_what_it_holds(finished_run):
     assert (finished - started).total_seconds() >= sum(res["task_seconds"]) - 1
     version = res["code_version"]
     assert version["package"] == "0.1.0"
-    if os.path.isdir(os.path.join(ROOT, ".git")) or os.path.isfile(os.path.join(ROOT, ".git")):
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        assert version["git_commit"] == head and isinstance(version["git_dirty"], bool)
+    if finished_run.commit:  # a git checkout: the commit the run started from
+        assert version["git_commit"] == finished_run.commit and isinstance(version["git_dirty"], bool)
     # Each value once: hyperparameters as the method ran them, flags for the rest.
     assert not set(res["flags"]) & set(res["hyperparameters"])
     assert set(res["hyperparameters"]) == {f.name for f in dataclasses.fields(config.HyperParams)}
