@@ -32,7 +32,7 @@ from keras.src.random import seed_generator
 from dgm_keras import runfolders
 
 STATE_FILE = "state.json"
-FORMAT = 1
+FORMAT = 2  # 2: past masks stored as packed bits (layers.PackedMasks); format-1 checkpoints hold uint8 masks
 RESTART = "or rerun with --restart to set the old run aside and start over"
 
 

@@ -65,12 +65,15 @@ def expand_generator(old: networks.Generator, name: str | None = None) -> networ
                              num_past_tasks=old.num_past_tasks + 1,
                              head_widths=old.head_widths + (widths[-1],), nz=old.nz, mask_init=old.mask_init,
                              name=name or old.name).build_all()
-    carry_weights(old, new, skip=lambda key: "mask_embedding" in key)
+    # Past masks are packed bits (layers.PackedMasks): a byte's place depends on the layer's
+    # shape, so they are carried unpacked, each old mask into the leading slice of its new place.
+    carry_weights(old, new, skip=lambda key: "mask_embedding" in key or "past_masks" in key)
     task = old.num_past_tasks
     for old_layer, new_layer in zip(old.masked_layers, new.masked_layers):
         for mask_name, binary in old_layer.binary_current_masks().items():
             past = new_layer.past_masks[mask_name]
-            value = np.array(past.numpy())
+            value = np.zeros(past.shape, np.uint8)
+            value[(slice(0, task), *(slice(0, d) for d in binary.shape))] = old_layer.past_masks[mask_name].numpy()
             value[(task, *(slice(0, d) for d in binary.shape))] = binary
             past.assign(value)
     return new

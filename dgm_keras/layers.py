@@ -1,7 +1,9 @@
 """Masked layers: the synaptic plasticity of DGM.
 
 A masked layer holds its kernel and bias, the real-valued mask embedding of the task being
-learned (trainable) and the binary masks of every past task (uint8, not trainable). It knows
+learned (trainable) and the binary masks of every past task (not trainable), packed eight
+entries a byte (``PackedMasks``: an eighth of one uint8 an entry; unpacked in-graph with bit
+ops where a past task's mask or their union is used). It knows
 nothing of schedules: the method passes the mask scale ``s`` and decides which task's mask
 to use, and owns annealing, compensation and protection (the HAT split of approach and
 network).
@@ -38,6 +40,74 @@ def hard_threshold(scaled: tf.Tensor):
         return upstream * tf.sigmoid(scaled) * tf.sigmoid(-scaled)
 
     return mask, grad
+
+
+def packed_size(shape) -> int:
+    """Bytes that one task's binary mask of ``shape`` takes packed eight entries a byte."""
+    return -(-int(np.prod(shape, dtype=np.int64)) // 8)
+
+
+def pack_bits(masks: np.ndarray) -> np.ndarray:
+    """[T, *shape] of 0/1 -> [T, packed_size(shape)] uint8, entries in row-major order, the
+    first entry in a byte's highest bit (``np.packbits``); the tail bits of the last byte are 0."""
+    masks = np.asarray(masks)
+    if masks.size and not np.isin(masks, (0, 1)).all():
+        raise ValueError("binary masks hold only 0 and 1")
+    return np.packbits(masks.reshape(masks.shape[0], -1).astype(np.uint8), axis=1)
+
+
+_BIT_SHIFTS = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.uint8)
+
+
+def unpack_bits(packed, shape) -> tf.Tensor:
+    """In-graph inverse of ``pack_bits`` for one task's row (or the leading axes' rows):
+    [..., packed_size(shape)] uint8 -> [..., *shape] uint8."""
+    packed = tf.convert_to_tensor(packed)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], _BIT_SHIFTS), tf.constant(1, tf.uint8))
+    lead = tf.shape(packed)[:-1]
+    flat = tf.reshape(bits, tf.concat([lead, [-1]], 0))[..., : int(np.prod(shape, dtype=np.int64))]
+    return tf.reshape(flat, tf.concat([lead, tf.constant(shape, tf.int32)], 0))
+
+
+class PackedMasks:
+    """The binary masks of every past task for one masked tensor, stored packed in ``packed``
+    (a uint8 variable [T, packed_size(shape)], checkpointed and exported like any weight) and
+    read as if it were the uint8 array [T, *shape]: ``masks[t]`` (in-graph unpack of one
+    task), ``union()`` (bitwise OR of the packed rows, then one unpack), ``numpy()`` and
+    ``assign`` (packs), ``shape`` and ``dtype`` of the unpacked array."""
+
+    dtype = "uint8"
+
+    def __init__(self, packed, shape):
+        self.packed, self.mask_shape = packed, tuple(int(d) for d in shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.packed.shape[0]), *self.mask_shape)
+
+    def __getitem__(self, task):
+        return unpack_bits(tf.convert_to_tensor(self.packed)[task], self.mask_shape)
+
+    def union(self) -> tf.Tensor:
+        """M_<t: entries any past task kept (zeros when there is none)."""
+        if self.shape[0] == 0:
+            return tf.zeros(self.mask_shape, tf.uint8)
+        packed = tf.convert_to_tensor(self.packed)
+        union = packed[0]
+        for task in range(1, self.shape[0]):  # a handful of tasks: OR a byte row at a time
+            union = tf.bitwise.bitwise_or(union, packed[task])
+        return unpack_bits(union, self.mask_shape)
+
+    def numpy(self) -> np.ndarray:
+        packed = np.asarray(self.packed.numpy())
+        n = int(np.prod(self.mask_shape, dtype=np.int64))
+        return np.unpackbits(packed, axis=1, count=n).reshape(self.shape) if len(packed) else np.zeros(self.shape, np.uint8)
+
+    def assign(self, masks) -> None:
+        masks = np.asarray(masks)
+        if masks.shape != self.shape:
+            raise ValueError(f"masks of shape {masks.shape} do not fit {self.shape}")
+        self.packed.assign(pack_bits(masks))
 
 
 class MaskedLayer(keras.layers.Layer):
@@ -81,9 +151,10 @@ class MaskedLayer(keras.layers.Layer):
             self.embeddings[name] = self.add_weight(
                 name=f"mask_embedding_{name}", shape=shape,
                 initializer=keras.initializers.Constant(self.embedding_init))
-            self.past_masks[name] = self.add_weight(
-                name=f"past_masks_{name}", shape=(self.num_past_tasks, *shape), dtype="uint8",
+            packed = self.add_weight(
+                name=f"past_masks_{name}", shape=(self.num_past_tasks, packed_size(shape)), dtype="uint8",
                 initializer="zeros", trainable=False)
+            self.past_masks[name] = PackedMasks(packed, shape)
 
     def mask_shapes(self) -> dict[str, tuple[int, ...]]:
         """What is masked: every weight (DGMw) or every output unit (DGMa)."""
@@ -109,19 +180,20 @@ class MaskedLayer(keras.layers.Layer):
 
     def reserved(self) -> dict[str, tf.Tensor]:
         """M_<t: the union of past tasks' binary masks (zeros before the first task ends)."""
-        out = {}
-        for name, m in self.past_masks.items():
-            shape = tuple(m.shape[1:])
-            out[name] = (tf.cast(tf.reduce_max(m, axis=0), self.compute_dtype) if self.num_past_tasks
-                         else tf.zeros(shape, self.compute_dtype))
-        return out
+        return {name: tf.cast(m.union(), self.compute_dtype) for name, m in self.past_masks.items()}
 
     def binary_current_masks(self) -> dict[str, np.ndarray]:
         """The current task's mask as it ends (binarised at s_max: the sign of e)."""
         return {name: (e.numpy() > 0).astype(np.uint8) for name, e in self.embeddings.items()}
 
     def past_mask_bytes(self) -> int:
-        return sum(int(np.prod(m.shape)) for m in self.past_masks.values())
+        """Bytes the past tasks' masks take, all tasks together (packed)."""
+        return sum(int(np.prod(m.packed.shape)) for m in self.past_masks.values())
+
+    def mask_bytes_per_task(self) -> int:
+        """Bytes one task's binary masks take in this layer, packed eight entries a byte: what
+        DGM reports as ``past_mask_bytes_per_task_per_layer``."""
+        return sum(packed_size(shape) for shape in self.mask_shapes().values())
 
     # -- forward
     def call(self, inputs, s=1.0, task=None):

@@ -1,5 +1,7 @@
 """Masked layers: the hard threshold, where gradients go, past masks, serialisation."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -94,3 +96,36 @@ def test_config_round_trip_and_save_load_keep_masks(tmp_path):
 def test_bad_mode_rejected():
     with pytest.raises(ValueError, match="mask_mode='bits'; allowed: weight, activation"):
         masked.MaskedDense(3, mask_mode="bits")
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 2), (4, 4, 6, 13)])
+def test_past_masks_are_packed_bits_read_back_exactly(shape):
+    # Stored eight entries a byte; every read (one task in-graph, the union, numpy) gives the
+    # uint8 masks that were assigned, whatever the size's remainder mod 8.
+    rng = np.random.default_rng(len(shape))
+    masks = (rng.random((3, *shape)) < 0.4).astype(np.uint8)
+    packed = tf.Variable(np.zeros((3, masked.packed_size(shape)), np.uint8))
+    view = masked.PackedMasks(packed, shape)
+    view.assign(masks)
+    assert packed.shape == (3, math.ceil(np.prod(shape) / 8)) and view.shape == masks.shape
+    np.testing.assert_array_equal(view.numpy(), masks)
+    for t in range(3):
+        np.testing.assert_array_equal(view[t].numpy(), masks[t])
+    np.testing.assert_array_equal(view.union().numpy(), masks.max(axis=0))
+    jit = tf.function(lambda: (view[1], view.union()), jit_compile=True)()  # the bit ops compile under XLA
+    np.testing.assert_array_equal(jit[0].numpy(), masks[1])
+    np.testing.assert_array_equal(jit[1].numpy(), masks.max(axis=0))
+    with pytest.raises(ValueError, match="binary masks hold only 0 and 1"):
+        view.assign(masks * 2)
+
+
+def test_mask_bytes_per_task_are_an_eighth_rounded_up():
+    layer = masked.MaskedConv2DTranspose(6, 4, 2, mask_mode="weight", num_past_tasks=2)
+    layer(tf.zeros((1, 4, 4, 13)))
+    kernel, bias = 4 * 4 * 6 * 13, 6
+    assert layer.mask_bytes_per_task() == math.ceil(kernel / 8) + math.ceil(bias / 8)
+    assert layer.past_mask_bytes() == 2 * layer.mask_bytes_per_task()
+    assert sum(int(np.prod(v.shape)) for v in layer.non_trainable_variables) == layer.past_mask_bytes()
+    units = masked.MaskedDense(13, mask_mode="activation", num_past_tasks=1)
+    units(tf.zeros((1, 5)))
+    assert units.mask_bytes_per_task() == 2
