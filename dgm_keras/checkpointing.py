@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 from keras.src.random import seed_generator
 
-from dgm_keras import runfolders
+from dgm_keras import chunks, runfolders
 
 STATE_FILE = "state.json"
 FORMAT = 2  # 2: past masks stored as packed bits (layers.PackedMasks); format-1 checkpoints hold uint8 masks
@@ -245,33 +245,31 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class StepCheckpointer(keras.callbacks.Callback):
-    """Saves through ``save(step)`` every ``every`` steps of a task (never at its last step:
-    the task-end checkpoint follows), and stops the run at the first NaN or Inf loss, before
-    anything of that step is saved.
+class StepCheckpointer(chunks.ChunkCallback):
+    """Saves through ``save(step)`` at the first chunk end at or after every ``every``-th step of
+    a task (never at its last step: the task-end checkpoint follows; at every multiple exactly
+    when a chunk is one step), and stops the run at the first NaN or Inf loss, before anything
+    of that step is saved.
 
-    At an epoch's last step the save waits for ``on_epoch_end``, so that callbacks listed
-    before this one (the validation selector) have scored the epoch the checkpoint closes.
+    The losses are checked at every chunk end (the loss trackers' means over the epoch so far:
+    a non-finite step leaves them non-finite), so the message names the chunk the first
+    non-finite step fell in. At an epoch's last step the save waits for ``on_epoch_end``, so
+    that callbacks listed before this one (the validation selector) have scored the epoch the
+    checkpoint closes.
     """
 
     def __init__(self, every: int, save, start_step: int, steps_per_epoch: int, total_steps: int):
-        super().__init__()
-        self.every, self.save, self.step = every, save, start_step
+        super().__init__(start_step)
+        self.every, self.save = every, save
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
 
-    def _due(self) -> bool:
-        return self.every > 0 and self.step % self.every == 0 and self.step < self.total_steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        bad = {name: float(value) for name, value in (logs or {}).items() if not math.isfinite(float(value))}
+    def reached(self, before, done, logs):
+        bad = {name: value for name, value in self.losses(logs).items() if not math.isfinite(value)}
         if bad:  # every term that blew up, so the message points at the one to fix (a penalty, a loss)
             self.model.stop_training = True
             terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
-            raise NonFiniteLoss(f"{terms} at step {self.step} of the task")
-        if self._due() and self.step % self.steps_per_epoch:
-            self.save(self.step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._due():
-            self.save(self.step)
+            where = f"at step {done}" if done - before == 1 else f"in steps {before + 1}-{done}"
+            raise NonFiniteLoss(f"{terms} {where} of the task")
+        if chunks.crossed(before, done, self.every) and done < self.total_steps and (
+                logs is not None or done % self.steps_per_epoch):
+            self.save(done)

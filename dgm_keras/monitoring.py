@@ -6,22 +6,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import evaluation, figures
+from dgm_keras import chunks, evaluation, figures
 
 
-class LossLogger(keras.callbacks.Callback):
-    """Writes the step's logged losses every ``every`` batches, on a run-wide step axis."""
+class LossLogger(chunks.ChunkCallback):
+    """Writes the loss trackers' running means (over the epoch so far) at the first chunk end at
+    or after every ``every``-th step, on a run-wide step axis; reads no tensor in between."""
 
     def __init__(self, writer, start_step: int, every: int = 10):
-        super().__init__()
-        self.writer, self.step, self.every = writer, start_step, every
+        super().__init__(start_step)
+        self.writer, self.every = writer, every
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if logs and self.step % self.every == 0:
-            with self.writer.as_default(step=self.step):
-                for name, value in logs.items():
-                    tf.summary.scalar(f"train/{name}", float(value))
+    def reached(self, before, done, logs):
+        if chunks.crossed(before, done, self.every):
+            with self.writer.as_default(step=done):
+                for name, value in self.losses(logs).items():
+                    tf.summary.scalar(f"train/{name}", value)
 
 
 class ValidationSelector(keras.callbacks.Callback):

@@ -16,7 +16,8 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import checkpointing, data, distribution, evaluation, export, monitoring, provenance, runfolders
+from dgm_keras import (checkpointing, chunks, data, distribution, evaluation, export, monitoring, progress, provenance,
+                       runfolders)
 from dgm_keras.methods import base, make_method
 
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "absl-py", "numpy")
@@ -42,6 +43,7 @@ class RunConfig:
     resume_from: str = "latest"  # or "previous": the checkpoint before the newest (when that one is damaged)
     restart: bool = False  # set the old run's files aside (never deleted) and start over
     source: str | None = None  # a local copy of the dataset to prepare from when data_dir lacks it
+    progress: str = "auto"  # progress.MODES: a bar on a terminal, a line a task otherwise
 
 
 def package_versions() -> dict:
@@ -251,10 +253,10 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
         log(f"task {state['task_done'] + 1} was checkpointed but not exported; exporting it now")
         finish(state["task_done"])
 
-    step = 0  # run-wide step axis of the TensorBoard losses
-    for task in range(first_task):
-        epochs, steps = method.steps_for(len(task_data(task).labels))
-        step += epochs * steps
+    task_total = method.planned_steps([len(task_data(t).labels) for t in range(scenario.num_tasks)])
+    step = sum(task_total[:first_task])  # run-wide step axis of the TensorBoard losses and the progress
+    clock = progress.RunClock(sum(task_total), step + (resume["step"] if resume else 0))
+    show = progress.resolve_mode(cfg.progress)
     for task in range(first_task, scenario.num_tasks):
         train = task_data(task)
         start = time.time()
@@ -280,8 +282,12 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
         callbacks = [monitoring.LossLogger(writer, step + start_step)]
         callbacks += [selector] if selector is not None else []
         callbacks.append(checkpointing.StepCheckpointer(cfg.checkpoint_every, save_step, start_step, steps, epochs * steps))
+        callbacks.append(progress.TaskProgress(task, scenario.num_tasks, epochs * steps, start_step, step, clock, show))
         try:
-            losses = method.train_task(task, train, callbacks, start_step=start_step)
+            # A chunk never spans more than the checkpoint interval: checkpoints at chunk ends
+            # then fall on the interval's multiples wherever the interval divides the epoch.
+            losses = method.train_task(task, train, callbacks, start_step=start_step, max_chunk=min(
+                chunks.MAX_STEPS_PER_EXECUTION, cfg.checkpoint_every or chunks.MAX_STEPS_PER_EXECUTION))
         except checkpointing.NonFiniteLoss as err:
             if ckpts.state["step"] or ckpts.state["task_done"] >= 0:
                 raise TrainingDiverged(

@@ -149,7 +149,8 @@ def start(values: dict, origin: dict) -> None:
         data_dir=values["data_dir"], workdir=values["workdir"], export_dir=values["export_dir"],
         run_name=values["run_name"], hp=hp, flags=values, settings=origin, checkpoint_every=values["checkpoint_every"],
         strategy=values["strategy"], resume_from=values["resume_from"], restart=values["restart"],
-        source=values["source"])
+        source=values["source"],
+        progress=FLAGS.progress)
     try:
         runner.run(cfg)
     except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged, runfolders.FolderError) as err:

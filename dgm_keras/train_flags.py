@@ -180,6 +180,9 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the
                   "on CPU), true, false.", module_name=RUN)
 flags.DEFINE_bool("tf_log", False, "Show TensorFlow's start-up notices and its INFO and WARNING logs (oneDNN, CUDA "
                   "probing, CPU features); hidden by default. Errors are always shown.", module_name=RUN)
+flags.DEFINE_enum("progress", "auto", ["auto", "bar", "line", "none"], "While a task trains: bar (one line redrawn: "
+                  "the task's steps, its losses, the run's ETA), line (that line once a task), none; auto: bar on a "
+                  "terminal, line otherwise (logs). Not --verbosity: absl's logging owns that name.", module_name=RUN)
 
 
 # -- rules on several flags, and on paths (these need the resolved values: a default path is filled later)

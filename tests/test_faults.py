@@ -69,6 +69,7 @@ def afile(tmp_path):
     (["--epochs_per_task=2", "--steps_per_task=5"],
      "train: --epochs_per_task=2 and --steps_per_task=5 are not allowed together; allowed: one of them"),
     (["--dataset=imagenet50", "--method=ewc"], "train: no settings for --dataset=imagenet50 with ewc: flags/imagenet50_ewc.cfg"),
+    (["--progress=loud"], "train: --progress='loud' is not allowed; allowed: auto, bar, line, none"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path, afile, args, expected):
     before = _tree(tmp_path)

@@ -12,14 +12,15 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from dgm_keras import config, data, networks
+from dgm_keras import chunks, config, data, networks
 
 
 HyperParams = config.HyperParams
 
 
 def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset], epochs: int, steps: int,
-              callbacks: list[keras.callbacks.Callback], start_step: int = 0) -> dict:
+              callbacks: list[keras.callbacks.Callback], start_step: int = 0,
+              max_chunk: int = chunks.MAX_STEPS_PER_EXECUTION) -> dict:
     """Runs steps ``start_step`` .. ``epochs * steps`` of a task on the repeated stream ``make_dataset()``.
 
     With ``steps_per_epoch`` set, Keras keeps one iterator across epochs, so step k of a task
@@ -27,8 +28,13 @@ def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset],
     see exactly the batches an uninterrupted one would. A partial first epoch is its own
     ``fit`` call so that epoch ends (where validation selection scores) stay where they were.
     Each call gets a newly made dataset: a second iterator over the same one would reshuffle
-    differently from the uninterrupted stream.
+    differently from the uninterrupted stream. Steps run in chunks of
+    ``chunks.steps_per_execution`` (at most ``max_chunk``) per compiled call: one return to
+    Python a chunk.
     """
+    chunk = chunks.steps_per_execution(steps, start_step, max_chunk)
+    if trainer.steps_per_execution != chunk:  # set after compile (which resets it); retraces once
+        trainer.steps_per_execution, trainer.train_function = chunk, None
     epoch, into = divmod(start_step, steps)
     history = None
     if into:
@@ -62,10 +68,12 @@ class ContinualMethod:
         raise NotImplementedError
 
     def train_task(self, task: int, train: data.SplitArrays, callbacks: list[keras.callbacks.Callback],
-                   start_step: int = 0) -> dict:
-        """Learns the task (from step ``start_step`` when resuming); returns the last logged losses."""
+                   start_step: int = 0, max_chunk: int = chunks.MAX_STEPS_PER_EXECUTION) -> dict:
+        """Learns the task (from step ``start_step`` when resuming, in compiled chunks of at most
+        ``max_chunk`` steps); returns the last logged losses."""
         epochs, steps = self.task_steps(train)
-        return fit_steps(self.trainer, lambda: self.pipeline(task, train), epochs, steps, callbacks, start_step)
+        return fit_steps(self.trainer, lambda: self.pipeline(task, train), epochs, steps, callbacks, start_step,
+                         max_chunk)
 
     def end_task(self, task: int) -> None:
         raise NotImplementedError
@@ -124,6 +132,11 @@ class ContinualMethod:
     def task_steps(self, train: data.SplitArrays) -> tuple[int, int]:
         """(epochs, steps per epoch) of the task whose real training images are ``train``."""
         return self.steps_for(len(train.labels))
+
+    def planned_steps(self, sizes: list[int]) -> list[int]:
+        """Steps of every task of the run, from each task's count of real training images (the
+        run's ETA, the run-wide step axis)."""
+        return [epochs * steps for epochs, steps in map(self.steps_for, sizes)]
 
     def steps_for(self, num_examples: int) -> tuple[int, int]:
         """(epochs, steps per epoch) of a task with ``num_examples`` real training images."""

@@ -68,6 +68,10 @@ class Supervised(base.ContinualMethod):
         """Joint training's epoch covers everything seen so far (set by ``begin_task``)."""
         return self.steps_for(len(self.task_data.labels))
 
+    def planned_steps(self, sizes):
+        """Joint training's tasks grow: each covers every task so far."""
+        return super().planned_steps(list(np.cumsum(sizes)) if self.joint else sizes)
+
     def pipeline(self, task, train):
         return data.make_pipeline(self.task_data, self.hp.batch_size, shuffle=True, seed=self.hp.seed + task,
                                   drop_remainder=True).repeat()
