@@ -8,9 +8,13 @@ HAT compensation). The tenth task is reached by nine expansions with masks that 
 
     python benchmarks/step_throughput.py                       # all combinations
     python benchmarks/step_throughput.py --modes=weight --shapes=mnist --xla=false
+    python benchmarks/step_throughput.py --steps_per_execution=1,10,50   # chunk sizes
+    python benchmarks/step_throughput.py --smoke                # tiny: checks the script runs
 
-Prints one line per configuration: median seconds per iteration over --steps timed
-iterations (after --warmup), it/s and images/s.
+Prints one line per configuration: seconds per iteration over --steps timed iterations run
+through ``fit`` as a run does (after --warmup untimed ones, which include tracing), it/s and
+images/s; on a GPU, the peak GPU memory of the process so far. No callback runs per batch:
+the timed ``fit`` is one call, in chunks of ``steps_per_execution`` steps.
 """
 
 from __future__ import annotations
@@ -37,35 +41,20 @@ flags.DEFINE_integer("steps", 40, "Timed iterations.")
 flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
 flags.DEFINE_float("reserved", 0.5, "Share of free entries each simulated past task reserves.")
 flags.DEFINE_bool("breakdown", False, "Also time the critic step and the generator step alone (not XLA).")
+flags.DEFINE_list("steps_per_execution", ["10"], "Steps per compiled call to measure (dgm_keras.chunks).")
+flags.DEFINE_bool("smoke", False, "Tiny and fast (batch 8, 2 timed steps, widths as given): checks the script, "
+                  "measures nothing.")
 
 
-class _Timer:
-    def __init__(self):
-        self.times = []
-
-    def __call__(self):
-        import keras  # noqa: PLC0415
-
-        outer = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                self.t = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                outer.times.append(time.perf_counter() - self.t)
-
-        return Callback()
-
-
-def measure(mode: str, channels: int, task: int, xla: bool, schedule: str) -> tuple[float, float, dict]:
+def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk: int) -> tuple[float, float, dict]:
     from dgm_keras import data, expansion  # noqa: PLC0415
     from dgm_keras.methods import base, dgm  # noqa: PLC0415
 
     scenario = data.make_scenario("mnist", 1)
+    warmup, steps = (-(-n // chunk) * chunk for n in (FLAGS.warmup, FLAGS.steps))  # whole chunks
     hp = base.HyperParams(batch_size=FLAGS.batch_size, replay_batch_size=FLAGS.batch_size,
-                          steps_per_task=FLAGS.warmup + FLAGS.steps, jit_compile=xla,
-                          ngf=6 if mode == "weight" else 20, replay_per_class=256,
+                          steps_per_task=warmup + steps, jit_compile=xla,
+                          ngf=6 if mode == "weight" else 20, replay_per_class=256 if not FLAGS.smoke else 8,
                           s_max=1e4 if mode == "weight" else 1e5, classifier_steps=schedule)
     method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
     rng = np.random.default_rng(0)
@@ -79,17 +68,28 @@ def measure(mode: str, channels: int, task: int, xla: bool, schedule: str) -> tu
     images = rng.uniform(-1, 1, (FLAGS.batch_size * 8, 32, 32, channels)).astype(np.float32)
     train = data.SplitArrays(images, np.full(len(images), task - 1, np.int32))
     method.begin_task(task - 1, train)
-    timer = _Timer()
+    method.trainer.steps_per_execution = chunk
+    stream = method.pipeline(task - 1, train)
     start = time.perf_counter()
-    method.trainer.fit(method.pipeline(task - 1, train), epochs=1, steps_per_epoch=FLAGS.warmup + FLAGS.steps,
-                       callbacks=[timer()], verbose=0)
-    total = time.perf_counter() - start
-    per_step = float(np.median(timer.times[FLAGS.warmup:]))
-    first = timer.times[0]
-    info = {"generator_size": expansion.generator_size(method.gen), "widths": method.gen.widths, "wall": total}
+    method.trainer.fit(stream, epochs=1, steps_per_epoch=warmup, verbose=0)  # traces (the first step's cost)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    method.trainer.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)
+    per_step = (time.perf_counter() - start) / steps
+    info = {"generator_size": expansion.generator_size(method.gen), "widths": method.gen.widths,
+            "peak_gpu_mb": peak_gpu_mb()}
     if FLAGS.breakdown:
         info["parts"] = part_times(method.trainer, next(iter(method.pipeline(task - 1, train))))
     return per_step, first, info
+
+
+def peak_gpu_mb() -> float | None:
+    """This process's peak GPU memory so far (MiB), None without a GPU."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
 def part_times(trainer, batch) -> dict:
@@ -115,17 +115,22 @@ def part_times(trainer, batch) -> dict:
 
 def main(argv):
     del argv
+    if FLAGS.smoke:
+        FLAGS.batch_size, FLAGS.steps, FLAGS.warmup = 8, 2, 1
+        FLAGS.steps_per_execution = ["1"]
     channels = {"mnist": 1, "cifar10": 3}
-    print("method shape   task xla   schedule  D steps  s/it    it/s   images/s  first-step(s)  G size  widths")
-    configs = [(m, sh, x, int(t), sc) for m in FLAGS.modes for sh in FLAGS.shapes for x in FLAGS.xla
-               for t in FLAGS.tasks for sc in FLAGS.schedules]
-    for mode, shape, xla, task, schedule in configs:
-        per_step, first, info = measure(mode, channels[shape], task, xla == "true", schedule)
+    print("method shape   task xla   schedule  D steps chunk s/it    it/s   images/s  warm-up(s)  G size  "
+          "peak GPU MiB  widths")
+    configs = [(m, sh, x, int(t), sc, int(c)) for m in FLAGS.modes for sh in FLAGS.shapes for x in FLAGS.xla
+               for t in FLAGS.tasks for sc in FLAGS.schedules for c in FLAGS.steps_per_execution]
+    for mode, shape, xla, task, schedule, chunk in configs:
+        per_step, first, info = measure(mode, channels[shape], task, xla == "true", schedule, chunk)
         name = "dgmw" if mode == "weight" else "dgma"
         d_steps = 1 + (task if schedule == "reference" else 0)  # optimizer steps on D (and classifier) an iteration
-        print(f"{name:6s} {shape:7s} {task:4d} {xla:5s} {schedule:9s} {d_steps:7d}  {per_step:.4f} {1 / per_step:7.2f} "
-              f"{FLAGS.batch_size / per_step:9.1f}  {first:12.1f}  {info['generator_size']:6d}  {info['widths']}",
-              flush=True)
+        peak = "-" if info["peak_gpu_mb"] is None else f"{info['peak_gpu_mb']:.0f}"
+        print(f"{name:6s} {shape:7s} {task:4d} {xla:5s} {schedule:9s} {d_steps:7d} {chunk:5d} {per_step:.4f} "
+              f"{1 / per_step:7.2f} {FLAGS.batch_size / per_step:9.1f}  {first:10.1f}  {info['generator_size']:6d}  "
+              f"{peak:>12s}  {info['widths']}", flush=True)
         if "parts" in info:
             print("       critic step {critic:.4f} s, generator step {generator:.4f} s".format(**info["parts"]), flush=True)
 

@@ -107,3 +107,20 @@ def test_two_methods_make_a_table(tmp_path, mnist_dir):
     assert again.returncode == 0 and "[joint] reused" in again.stdout
     assert [line for line in (tmp_path / "again.md").read_text().splitlines() if line.startswith("| JT")] == [
         line for line in table.splitlines() if line.startswith("| JT")]
+
+
+def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path):
+    # benchmarks/gpu_check.sh cannot be run for real without a GPU; --smoke runs every part of it
+    # tiny (step throughput, a short run and its seconds a task, the memory line) so the script
+    # is known to parse and run.
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    env = dict(os.environ, PYTHON=sys.executable, TFDS_DATA_DIR=TEST_DATA_DIR)
+    proc = subprocess.run([script, "--smoke"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert re.search(r"^dgmw   mnist      1 false combined        1     1 \d+\.\d{4} +\d+\.\d+ ", out, re.M), out
+    assert re.search(r"^mnist 2 tasks x 2 steps, XLA False: seconds a task \[\d+\.\d+, \d+\.\d+\], A_t \[", out, re.M), out
+    assert "peak GPU memory" in out and re.search(r"gpu_check: done in \d+ s$", out.strip()), out
+    bad = subprocess.run([script, "--fast"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "gpu_check: unknown argument --fast; allowed: --smoke, --data_dir=DIR, --steps_per_task=N")
