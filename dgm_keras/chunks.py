@@ -12,7 +12,7 @@ False) and converts the logs to Python floats at every train-function call whate
 callbacks are (``CallbackList._on_train_batch_end`` -> ``pythonify_logs``); so the per-call
 sync is bounded by the chunk size, not by the callbacks. Backends that are thread-safe (JAX)
 turn async dispatch off as soon as one callback overrides ``on_train_batch_end``;
-``tests/test_hot_path.py`` checks that none of a run's callbacks does.
+``check_callbacks`` refuses such a callback in every task's ``fit`` (``methods.base.fit_steps``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def steps_per_execution(steps_per_epoch: int, start_step: int = 0, most: int = M
         raise ValueError(f"steps_per_execution: steps_per_epoch={steps_per_epoch} and most={most} must be >= 1")
     n = math.gcd(steps_per_epoch, start_step % steps_per_epoch) or steps_per_epoch
     return max(k for k in range(1, min(most, n) + 1) if n % k == 0)
+
+
+PER_BATCH_HOOKS = ("on_train_batch_end", "on_batch_end")
+
+
+def check_callbacks(callbacks) -> None:
+    """Raises TypeError naming the first callback that overrides a per-batch log hook."""
+    for callback in callbacks:
+        for hook in PER_BATCH_HOOKS:
+            if getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook):
+                raise TypeError(f"{type(callback).__name__} overrides {hook}: it would read the logs at every "
+                                "step; act between chunks instead (dgm_keras.chunks.ChunkCallback)")
 
 
 class ChunkCallback(keras.callbacks.Callback):

@@ -1,9 +1,9 @@
 """Masked layers: the synaptic plasticity of DGM.
 
 A masked layer holds its kernel and bias, the real-valued mask embedding of the task being
-learned (trainable) and the binary masks of every past task (not trainable), packed eight
-entries a byte (``PackedMasks``: an eighth of one uint8 an entry; unpacked in-graph with bit
-ops where a past task's mask or their union is used). It knows
+learned (trainable) and the binary masks of every past task (not trainable), packed 32
+entries an int32 word (``PackedMasks``: an eighth of one uint8 an entry; unpacked in-graph
+with bit ops where a past task's mask or their union is used). It knows
 nothing of schedules: the method passes the mask scale ``s`` and decides which task's mask
 to use, and owns annealing, compensation and protection (the HAT split of approach and
 network).
@@ -43,35 +43,49 @@ def hard_threshold(scaled: tf.Tensor):
 
 
 def packed_size(shape) -> int:
-    """Bytes that one task's binary mask of ``shape`` takes packed eight entries a byte."""
-    return -(-int(np.prod(shape, dtype=np.int64)) // 8)
+    """int32 words that one task's binary mask of ``shape`` takes, 32 entries a word."""
+    return -(-int(np.prod(shape, dtype=np.int64)) // 32)
 
 
 def pack_bits(masks: np.ndarray) -> np.ndarray:
-    """[T, *shape] of 0/1 -> [T, packed_size(shape)] uint8, entries in row-major order, the
-    first entry in a byte's highest bit (``np.packbits``); the tail bits of the last byte are 0."""
+    """[T, *shape] of 0/1 -> [T, packed_size(shape)] int32, entries in row-major order, the first
+    in a word's highest bit; the tail bits of the last word are 0.
+
+    int32 words, not uint8 bytes (the same memory): MultiWorkerMirroredStrategy broadcasts every
+    variable's initial value from worker 0, and its collective broadcast rejects uint8."""
     masks = np.asarray(masks)
     if masks.size and not np.isin(masks, (0, 1)).all():
         raise ValueError("binary masks hold only 0 and 1")
-    return np.packbits(masks.reshape(masks.shape[0], -1).astype(np.uint8), axis=1)
+    words = packed_size(masks.shape[1:])
+    packed = np.zeros((masks.shape[0], 4 * words), np.uint8)
+    flat = np.packbits(masks.reshape(masks.shape[0], -1).astype(np.uint8), axis=1)
+    packed[:, : flat.shape[1]] = flat
+    return packed.view(">i4").astype(np.int32)
 
 
-_BIT_SHIFTS = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.uint8)
+def unpack_numpy(packed: np.ndarray, shape) -> np.ndarray:
+    """The inverse of ``pack_bits`` in NumPy: [T, words] int32 -> [T, *shape] uint8."""
+    packed = np.asarray(packed, np.int32)
+    size = int(np.prod(shape, dtype=np.int64))
+    as_bytes = packed.astype(">i4").view(np.uint8).reshape(packed.shape[0], 4 * packed.shape[1])
+    return np.unpackbits(as_bytes, axis=1, count=size).reshape((packed.shape[0], *shape))
 
 
 def unpack_bits(packed, shape) -> tf.Tensor:
     """In-graph inverse of ``pack_bits`` for one task's row (or the leading axes' rows):
-    [..., packed_size(shape)] uint8 -> [..., *shape] uint8."""
+    [..., packed_size(shape)] int32 -> [..., *shape] uint8."""
     packed = tf.convert_to_tensor(packed)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], _BIT_SHIFTS), tf.constant(1, tf.uint8))
+    shifts = tf.range(31, -1, -1, dtype=tf.int32)  # made here: a module-level tensor would start
+    # TensorFlow's runtime at import, before MultiWorkerMirroredStrategy may configure it
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], shifts), 1)  # arithmetic shift: & 1 holds
     lead = tf.shape(packed)[:-1]
     flat = tf.reshape(bits, tf.concat([lead, [-1]], 0))[..., : int(np.prod(shape, dtype=np.int64))]
-    return tf.reshape(flat, tf.concat([lead, tf.constant(shape, tf.int32)], 0))
+    return tf.cast(tf.reshape(flat, tf.concat([lead, tf.constant(shape, tf.int32)], 0)), tf.uint8)
 
 
 class PackedMasks:
     """The binary masks of every past task for one masked tensor, stored packed in ``packed``
-    (a uint8 variable [T, packed_size(shape)], checkpointed and exported like any weight) and
+    (an int32 variable [T, packed_size(shape)], checkpointed and exported like any weight) and
     read as if it were the uint8 array [T, *shape]: ``masks[t]`` (in-graph unpack of one
     task), ``union()`` (bitwise OR of the packed rows, then one unpack), ``numpy()`` and
     ``assign`` (packs), ``shape`` and ``dtype`` of the unpacked array."""
@@ -99,9 +113,7 @@ class PackedMasks:
         return unpack_bits(union, self.mask_shape)
 
     def numpy(self) -> np.ndarray:
-        packed = np.asarray(self.packed.numpy())
-        n = int(np.prod(self.mask_shape, dtype=np.int64))
-        return np.unpackbits(packed, axis=1, count=n).reshape(self.shape) if len(packed) else np.zeros(self.shape, np.uint8)
+        return unpack_numpy(self.packed.numpy(), self.mask_shape)
 
     def assign(self, masks) -> None:
         masks = np.asarray(masks)
@@ -152,7 +164,7 @@ class MaskedLayer(keras.layers.Layer):
                 name=f"mask_embedding_{name}", shape=shape,
                 initializer=keras.initializers.Constant(self.embedding_init))
             packed = self.add_weight(
-                name=f"past_masks_{name}", shape=(self.num_past_tasks, packed_size(shape)), dtype="uint8",
+                name=f"past_masks_{name}", shape=(self.num_past_tasks, packed_size(shape)), dtype="int32",
                 initializer="zeros", trainable=False)
             self.past_masks[name] = PackedMasks(packed, shape)
 
@@ -188,12 +200,13 @@ class MaskedLayer(keras.layers.Layer):
 
     def past_mask_bytes(self) -> int:
         """Bytes the past tasks' masks take, all tasks together (packed)."""
-        return sum(int(np.prod(m.packed.shape)) for m in self.past_masks.values())
+        return sum(4 * int(np.prod(m.packed.shape)) for m in self.past_masks.values())
 
     def mask_bytes_per_task(self) -> int:
-        """Bytes one task's binary masks take in this layer, packed eight entries a byte: what
-        DGM reports as ``past_mask_bytes_per_task_per_layer``."""
-        return sum(packed_size(shape) for shape in self.mask_shapes().values())
+        """Bytes one task's binary masks take in this layer, packed 32 entries an int32 word
+        (an eighth of a byte an entry, rounded up to whole words): what DGM reports as
+        ``past_mask_bytes_per_task_per_layer``."""
+        return sum(4 * packed_size(shape) for shape in self.mask_shapes().values())
 
     # -- forward
     def call(self, inputs, s=1.0, task=None):

@@ -98,16 +98,18 @@ def test_bad_mode_rejected():
         masked.MaskedDense(3, mask_mode="bits")
 
 
-@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 2), (4, 4, 6, 13)])
+@pytest.mark.parametrize("shape", [(1,), (31,), (32,), (33,), (3, 5, 2), (4, 4, 6, 13)])
 def test_past_masks_are_packed_bits_read_back_exactly(shape):
-    # Stored eight entries a byte; every read (one task in-graph, the union, numpy) gives the
-    # uint8 masks that were assigned, whatever the size's remainder mod 8.
+    # Stored 32 entries an int32 word; every read (one task in-graph, the union, numpy) gives
+    # the uint8 masks that were assigned, whatever the size's remainder mod 32 (the first
+    # entry is a word's sign bit, which an arithmetic shift must not smear).
     rng = np.random.default_rng(len(shape))
     masks = (rng.random((3, *shape)) < 0.4).astype(np.uint8)
-    packed = tf.Variable(np.zeros((3, masked.packed_size(shape)), np.uint8))
+    masks[0].flat[0] = 1
+    packed = tf.Variable(np.zeros((3, masked.packed_size(shape)), np.int32))
     view = masked.PackedMasks(packed, shape)
     view.assign(masks)
-    assert packed.shape == (3, math.ceil(np.prod(shape) / 8)) and view.shape == masks.shape
+    assert packed.shape == (3, math.ceil(np.prod(shape) / 32)) and view.shape == masks.shape
     np.testing.assert_array_equal(view.numpy(), masks)
     for t in range(3):
         np.testing.assert_array_equal(view[t].numpy(), masks[t])
@@ -119,13 +121,13 @@ def test_past_masks_are_packed_bits_read_back_exactly(shape):
         view.assign(masks * 2)
 
 
-def test_mask_bytes_per_task_are_an_eighth_rounded_up():
+def test_mask_bytes_per_task_are_an_eighth_rounded_up_to_words():
     layer = masked.MaskedConv2DTranspose(6, 4, 2, mask_mode="weight", num_past_tasks=2)
     layer(tf.zeros((1, 4, 4, 13)))
     kernel, bias = 4 * 4 * 6 * 13, 6
-    assert layer.mask_bytes_per_task() == math.ceil(kernel / 8) + math.ceil(bias / 8)
+    assert layer.mask_bytes_per_task() == 4 * math.ceil(kernel / 32) + 4 * math.ceil(bias / 32) == 156 + 4
     assert layer.past_mask_bytes() == 2 * layer.mask_bytes_per_task()
-    assert sum(int(np.prod(v.shape)) for v in layer.non_trainable_variables) == layer.past_mask_bytes()
+    assert sum(4 * int(np.prod(v.shape)) for v in layer.non_trainable_variables) == layer.past_mask_bytes()
     units = masked.MaskedDense(13, mask_mode="activation", num_past_tasks=1)
     units(tf.zeros((1, 5)))
-    assert units.mask_bytes_per_task() == 2
+    assert units.mask_bytes_per_task() == 4

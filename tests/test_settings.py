@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -124,6 +125,13 @@ def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_dir
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "settings flags/mnist_joint.cfg" in proc.stdout.splitlines()[0]
+    # The progress (--progress=auto, stdout not a terminal): one line a task, as its training
+    # ends, with its steps, the losses and the run's ETA (issue 13).
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("task ") and "[" in line]
+    assert len(progress) == 2, proc.stdout
+    for task, line in enumerate(progress, 1):
+        assert re.fullmatch(rf"task {task}/2 \[=+\] 2/2 \d+s  cls_loss \S+  \| run {50 * task}%, ETA \S+", line), line
+    assert progress[-1].endswith("ETA 0s")
     res = json.loads((work / "results.json").read_text())
     assert res["settings"]["file"] == "flags/mnist_joint.cfg"
     sources = res["settings"]["sources"]

@@ -32,6 +32,7 @@ def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset],
     ``chunks.steps_per_execution`` (at most ``max_chunk``) per compiled call: one return to
     Python a chunk.
     """
+    chunks.check_callbacks(callbacks)
     chunk = chunks.steps_per_execution(steps, start_step, max_chunk)
     if trainer.steps_per_execution != chunk:  # set after compile (which resets it); retraces once
         trainer.steps_per_execution, trainer.train_function = chunk, None
