@@ -251,25 +251,33 @@ class StepCheckpointer(chunks.ChunkCallback):
     when a chunk is one step), and stops the run at the first NaN or Inf loss, before anything
     of that step is saved.
 
-    The losses are checked at every chunk end (the loss trackers' means over the epoch so far:
-    a non-finite step leaves them non-finite), so the message names the chunk the first
-    non-finite step fell in. At an epoch's last step the save waits for ``on_epoch_end``, so
-    that callbacks listed before this one (the validation selector) have scored the epoch the
-    checkpoint closes.
+    The losses (the trackers' means over the epoch so far: a non-finite step leaves them
+    non-finite) are read before every save, at every epoch's end and at the first chunk end
+    after every ``check_every``-th step, so the message names the steps since the last check;
+    reading them at every step would cost as much as the per-batch logs this avoids. At an
+    epoch's last step the save waits for ``on_epoch_end``, so that callbacks listed before
+    this one (the validation selector) have scored the epoch the checkpoint closes.
     """
 
-    def __init__(self, every: int, save, start_step: int, steps_per_epoch: int, total_steps: int):
+    def __init__(self, every: int, save, start_step: int, steps_per_epoch: int, total_steps: int,
+                 check_every: int = 10):
         super().__init__(start_step)
-        self.every, self.save = every, save
+        self.every, self.save, self.check_every, self.checked = every, save, check_every, start_step
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
 
     def reached(self, before, done, logs):
+        save = chunks.crossed(before, done, self.every) and done < self.total_steps and (
+            logs is not None or done % self.steps_per_epoch)
+        if save or logs is not None or chunks.crossed(before, done, self.check_every):
+            self._check(done, logs)
+        if save:
+            self.save(done)
+
+    def _check(self, done, logs):
         bad = {name: value for name, value in self.losses(logs).items() if not math.isfinite(value)}
         if bad:  # every term that blew up, so the message points at the one to fix (a penalty, a loss)
             self.model.stop_training = True
             terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
-            where = f"at step {done}" if done - before == 1 else f"in steps {before + 1}-{done}"
+            where = f"at step {done}" if done - self.checked == 1 else f"in steps {self.checked + 1}-{done}"
             raise NonFiniteLoss(f"{terms} {where} of the task")
-        if chunks.crossed(before, done, self.every) and done < self.total_steps and (
-                logs is not None or done % self.steps_per_epoch):
-            self.save(done)
+        self.checked = done

@@ -74,3 +74,34 @@ def sparse_cross_entropy(labels, logits):
     with ``scale_loss`` it would be scaled twice, and logged at a fraction of its value.
     """
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
+def prepare_for_fit(trainer: keras.Model) -> None:
+    """Works around two faults of Keras 3.15's ``fit`` under a strategy (once per trainer).
+
+    - ``TensorFlowTrainer._maybe_symbolic_build`` takes one batch from a first iterator of the
+      dataset, reduces it with ``strategy.reduce`` and builds the model on it, then trains on
+      a second iterator. Under MultiWorkerMirroredStrategy that reduce fails on any nested
+      batch such as ``(x, y)`` ("Attempt to convert a value (PerReplica ...) to a Tensor"), and
+      under MirroredStrategy the first iterator advanced the reshuffling pipeline, so a
+      mirrored run trained on another batch order than one device. Our trainers build every
+      layer and optimizer before ``fit`` and compile no loss or metrics, so that build has
+      nothing to do: it is skipped for them (a trainer with something to build is left alone).
+    - ``reduce_per_replica`` reduces each logged value across workers with
+      ``strategy.reduce("MEAN", v, axis=0)``, which fails on the scalars every train step logs
+      ("Invalid reduction dimension 0 for input with 0 dimensions"); under a multi-worker
+      strategy the step's logs are given a leading axis of 1, which that reduce removes.
+    """
+    if getattr(trainer, "_prepared_for_fit", False):
+        return
+    if (all(layer.built for layer in trainer._flatten_layers()) and trainer._compile_metrics is None
+            and trainer._compile_loss is None):
+        trainer._maybe_symbolic_build = lambda *args, **kwargs: None
+    if isinstance(trainer.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        step = trainer.train_step
+
+        def train_step(batch):
+            return {name: tf.reshape(value, [1]) for name, value in step(batch).items()}
+
+        trainer.train_step, trainer.train_function = train_step, None
+    trainer._prepared_for_fit = True

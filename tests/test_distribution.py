@@ -11,6 +11,7 @@ gradient that is a constant factor off (the loss scaling this checks).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -151,6 +152,9 @@ RUN_FLAGS = ["--classes_per_task=5", "--steps_per_task=2", "--batch_size=16", "-
 # dgmw: the generator's task batch norms are not synced, so it "differs a little" (measured, with
 # the stream as one device's: 0.023 and 1%; with the stream of the bug below: 0.09 and 15%).
 AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
+# Two worker processes against the mirrored run (the same 2 replicas, each with its own batch
+# norm statistics): the same training; only the all-reduce's float summation may differ.
+MULTIWORKER_AGREEMENT = (0.002, 1e-3)
 
 
 @pytest.fixture(scope="module", params=["finetune", "dgmw"])
@@ -190,6 +194,60 @@ def test_mirrored_run_matches_the_one_device_run(runs):
     assert mirrored["last_losses"].keys() == single["last_losses"].keys()
     for name, value in single["last_losses"].items():
         assert mirrored["last_losses"][name] == pytest.approx(value, rel=loss_rtol, abs=1e-6), name
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workers(mnist_dir, tmp_path_factory):
+    """The mirrored command's dgmw run on two worker processes on 127.0.0.1 (TF_CONFIG,
+    --strategy=multiworker, one CPU replica each: the same 2 replicas and global batch)."""
+    tmp = tmp_path_factory.mktemp("multiworker")
+    ports = [_free_port(), _free_port()]
+    procs = []
+    for index in range(2):
+        config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dgm_keras.train", "--strategy=multiworker", "--method=dgmw", *RUN_FLAGS,
+             f"--data_dir={mnist_dir}", f"--workdir={tmp / f'w{index}' / 'run'}", f"--export_dir={tmp / f'w{index}' / 'exports'}"],
+            cwd=ROOT, env={**ENV, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=600))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outputs]
+    results = []
+    for index in range(2):
+        with open(tmp / f"w{index}" / "run" / "results.json") as f:
+            results.append(json.load(f))
+    return results
+
+
+@pytest.mark.parametrize("runs", ["dgmw"], indirect=True)
+def test_two_workers_finish_agree_and_match_the_mirrored_run(workers, runs):
+    # Both workers end, with the same results (one synchronous training); worker 0's equal the
+    # same command on 2 logical devices of one process (MirroredStrategy), up to float rounding
+    # of the all-reduce (tolerance: MULTIWORKER_AGREEMENT).
+    first, second = workers
+    assert first["complete"] and second["complete"] and first["flags"]["strategy"] == "multiworker"
+    for key in ("accuracy_matrix", "A_t", "last_losses"):
+        assert first[key] == second[key], key
+    mirrored = runs["mirrored"]
+    accuracy_tol, loss_rtol = MULTIWORKER_AGREEMENT
+    assert first["hyperparameters"] == mirrored["hyperparameters"]
+    np.testing.assert_allclose(np.concatenate(first["accuracy_matrix"]), np.concatenate(mirrored["accuracy_matrix"]),
+                               rtol=0, atol=accuracy_tol)
+    assert first["last_losses"].keys() == mirrored["last_losses"].keys()
+    for name, value in mirrored["last_losses"].items():
+        assert first["last_losses"][name] == pytest.approx(value, rel=loss_rtol, abs=1e-6), name
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["step"]:

@@ -72,13 +72,17 @@ def test_checkpoints_fall_on_chunk_ends_and_steps_are_exact():
     assert saves == [9] and int(trainer.optimizer.iterations) == 6
 
 
-@pytest.mark.parametrize("max_chunk,message", [(3, "in steps 4-6 of the task"), (1, "at step 5 of the task")])
-def test_a_nan_stops_at_the_end_of_its_chunk_before_any_save(max_chunk, message):
+@pytest.mark.parametrize("every,max_chunk,message,saved", [
+    (1, 3, "in steps 4-6", [3]), (1, 1, "at step 5", [1, 2, 3, 4]),  # checked before every save
+    (0, 1, "in steps 1-10", []),  # no saves: checked every 10 steps (and at epoch ends)
+])
+def test_a_nan_stops_the_task_before_any_save_of_its_steps(every, max_chunk, message, saved):
     trainer, saves = _tiny_trainer(), []
-    ckpt = checkpointing.StepCheckpointer(1, saves.append, 0, steps_per_epoch=12, total_steps=12)
-    with pytest.raises(checkpointing.NonFiniteLoss, match=f"^loss = nan {message}$"):
+    ckpt = checkpointing.StepCheckpointer(every, saves.append, 0, steps_per_epoch=12, total_steps=12)
+    with pytest.raises(checkpointing.NonFiniteLoss, match=f"^loss = nan {message} of the task$"):
         base.fit_steps(trainer, _stream(nan_at=4), epochs=1, steps=12, callbacks=[ckpt], max_chunk=max_chunk)
-    assert saves == ([3] if max_chunk == 3 else [1, 2, 3, 4])  # nothing of the chunk with the NaN
+    assert saves == saved  # nothing of the chunk with the NaN
+    assert int(trainer.optimizer.iterations) == int(message.split("-")[-1].split()[-1])  # stopped there
 
 
 def test_a_callback_with_a_per_batch_log_hook_is_refused():

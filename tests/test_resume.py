@@ -218,7 +218,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mni
     from dgm_keras import runner
 
     poison_second_task(monkeypatch)
-    with pytest.raises(runner.TrainingDiverged, match=r"task 2: cls_loss = nan at step 1 of the task; the run stopped "
+    with pytest.raises(runner.TrainingDiverged, match=r"task 2: cls_loss = nan in steps 1-2 of the task; the run stopped "
                                                       r"and its last good checkpoint \(end of task 1\) is kept"):
         runner.run(_cfg(tmp_path, mnist_dir), log=lambda *_: None)
     state = _state(tmp_path)

@@ -12,7 +12,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from dgm_keras import chunks, config, data, networks
+from dgm_keras import chunks, config, data, distribution, networks
 
 
 HyperParams = config.HyperParams
@@ -33,6 +33,7 @@ def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset],
     Python a chunk.
     """
     chunks.check_callbacks(callbacks)
+    distribution.prepare_for_fit(trainer)
     chunk = chunks.steps_per_execution(steps, start_step, max_chunk)
     if trainer.steps_per_execution != chunk:  # set after compile (which resets it); retraces once
         trainer.steps_per_execution, trainer.train_function = chunk, None
