@@ -61,8 +61,8 @@ fi
 "$PY" - "$OUT/run/results.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-flags = r["flags"]
-print(f"{flags['dataset']} {r['scenario']['num_tasks']} tasks x {flags['steps_per_task']} steps, XLA {r['hyperparameters']['jit_compile']}: "
+hp = r["hyperparameters"]
+print(f"{r['scenario']['dataset']} {r['scenario']['num_tasks']} tasks x {hp['steps_per_task']} steps, XLA {hp['jit_compile']}: "
       f"seconds a task {r['task_seconds']}, A_t {[round(100 * a, 2) for a in r['A_t']]}")
 EOF
 
