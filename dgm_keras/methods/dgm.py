@@ -350,9 +350,8 @@ class DGM(base.ContinualMethod):
     def end_task(self, task):
         if self.hp.generator_bn == "reestimate":
             self.reestimate_generator_bn(task)
-        # Kept as one uint8 (a boolean) per masked entry; as packed bits it would be an eighth.
-        self.mask_bytes.append({layer.name: int(sum(np.prod(e.shape) for e in layer.embeddings.values()))
-                                for layer in self.gen.masked_layers})
+        # Kept as packed bits (layers.PackedMasks): 4 * ceil(n / 32) bytes for a layer's n masked entries.
+        self.mask_bytes.append({layer.name: layer.mask_bytes_per_task() for layer in self.gen.masked_layers})
         self.gen = expansion.expand_generator(self.gen)
         self.sizes.append(expansion.generator_size(self.gen))
         self.reserved_fraction.append({layer.name: float(1.0 - expansion.free_capacity(layer) / sum(
