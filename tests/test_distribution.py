@@ -153,8 +153,10 @@ RUN_FLAGS = ["--classes_per_task=5", "--steps_per_task=2", "--batch_size=16", "-
 # the stream as one device's: 0.023 and 1%; with the stream of the bug below: 0.09 and 15%).
 AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
 # Two worker processes against the mirrored run (the same 2 replicas, each with its own batch
-# norm statistics): the same training; only the all-reduce's float summation may differ.
-MULTIWORKER_AGREEMENT = (0.002, 1e-3)
+# norm statistics): the same training; only the all-reduce's float summation may differ, and over
+# a run's steps it compounds: measured (dgmw, session 5) accuracy equal, gradient_penalty 1.2e-3
+# apart, the other losses under 1e-3. A wrong loss scale or a replica training alone is O(1).
+MULTIWORKER_AGREEMENT = (0.002, 1e-2)
 
 
 @pytest.fixture(scope="module", params=["finetune", "dgmw"])
