@@ -18,10 +18,14 @@ from keras import ops
 from dgm_keras import config, data, distribution
 
 
+def adam(hp: config.HyperParams, learning_rate: float) -> keras.optimizers.Adam:
+    """An Adam with the run's betas; fresh for every task's trainer (its variables may be new)."""
+    return keras.optimizers.Adam(learning_rate, beta_1=hp.beta_1, beta_2=hp.beta_2)
+
+
 def optimizers(hp: config.HyperParams) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
-    """(generator, critic) Adam optimizers; fresh for every task's trainer (its variables may be new)."""
-    adam = dict(beta_1=hp.beta_1, beta_2=hp.beta_2)
-    return keras.optimizers.Adam(hp.g_lr, **adam), keras.optimizers.Adam(hp.d_lr, **adam)
+    """(generator, critic) Adam optimizers."""
+    return adam(hp, hp.g_lr), adam(hp, hp.d_lr)
 
 
 def replay_per_class(hp: config.HyperParams, train: data.SplitArrays, classes_per_task: int) -> int:

@@ -59,6 +59,11 @@ def _float(name, default, help, group, lower=None, upper=None, **kw):
     _finite(name)
 
 
+def _dgm_option(name, allowed, help):
+    """One of DGM's choices beside the paper's (config.HyperParams holds its default)."""
+    flags.DEFINE_enum(name, getattr(_HP, name), list(allowed), help, module_name=DGM)
+
+
 def _methods_help() -> str:
     return "; ".join(f"{name}: {what}" for name, what in config.METHODS.items())
 
@@ -107,28 +112,26 @@ _rule("s_max", lambda v: v > 0, "a positive number")
 _float("ac_weight", _HP.ac_weight, "Weight of the AC-GAN classification term in the generator loss; default the "
        "method's: always 1 for mergan; for dgmw/dgma 0 with one class a task (the reference code), 1 with several.",
        DGM, lower=0)
-flags.DEFINE_enum("mask_gradient", _HP.mask_gradient, list(config.MASK_GRADIENTS), "DGM masks: annealed (HAT's s "
-                  "ramp; its clipped compensation vanishes once |s*e| > 50, so masks stop learning early in a task) or "
-                  "constant (the compensated gradient at every step: masks learn for the whole task).", module_name=DGM)
-flags.DEFINE_enum("classifier", _HP.classifier, list(config.CLASSIFIERS), "DGM's classifier: shared (the critic's trunk "
-                  "and a classifier head, the paper) or separate (a network of the same shape with a trunk of its own).",
-                  module_name=DGM)
-flags.DEFINE_enum("classifier_steps", _HP.classifier_steps, list(config.CLASSIFIER_STEPS), "DGM's classifier updates per "
-                  "iteration: combined (one, on real + replay) or reference (the reference code's t+1 steps of "
-                  "--batch_size images at task t).", module_name=DGM)
-flags.DEFINE_enum("classifier_data", _HP.classifier_data, list(config.CLASSIFIER_DATA), "What DGM's classifier steps "
-                  "learn the current task from, beside the replay: real (its real images, the paper) or generated (the "
-                  "generator's images of it, so that no class is told apart by looking real; needs the classifier's own "
-                  "steps).", module_name=DGM)
+_dgm_option("mask_gradient", config.MASK_GRADIENTS, "DGM masks: annealed (HAT's s "
+            "ramp; its clipped compensation vanishes once |s*e| > 50, so masks stop learning early in a task) or "
+            "constant (the compensated gradient at every step: masks learn for the whole task).")
+_dgm_option("classifier", config.CLASSIFIERS, "DGM's classifier: shared (the critic's trunk "
+            "and a classifier head, the paper) or separate (a network of the same shape with a trunk of its own).")
+_dgm_option("classifier_steps", config.CLASSIFIER_STEPS, "DGM's classifier updates per "
+            "iteration: combined (one, on real + replay) or reference (the reference code's t+1 steps of "
+            "--batch_size images at task t).")
+_dgm_option("classifier_data", config.CLASSIFIER_DATA, "What DGM's classifier steps "
+            "learn the current task from, beside the replay: real (its real images, the paper) or generated (the "
+            "generator's images of it, so that no class is told apart by looking real; needs the classifier's own "
+            "steps).")
 _float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
        "--classifier_steps=reference) (> 0).", DGM)
 _rule("c_lr", lambda v: v > 0, "a positive number")
-flags.DEFINE_enum("generator_bn", _HP.generator_bn, list(config.GENERATOR_BN), "DGM's per-task generator batch norm: "
-                  "moving (the moving average as training left it) or reestimate (exact statistics at the task's end).",
-                  module_name=DGM)
-flags.DEFINE_enum("replay", _HP.replay, list(config.REPLAY_MODES), "DGM's replay: fixed (a set drawn when a task begins, "
-                  "the reference code) or fresh (drawn anew inside every iteration, from each past task's masks and "
-                  "head).", module_name=DGM)
+_dgm_option("generator_bn", config.GENERATOR_BN, "DGM's per-task generator batch norm: "
+            "moving (the moving average as training left it) or reestimate (exact statistics at the task's end).")
+_dgm_option("replay", config.REPLAY_MODES, "DGM's replay: fixed (a set drawn when a task begins, "
+            "the reference code) or fresh (drawn anew inside every iteration, from each past task's masks and "
+            "head).")
 flags.DEFINE_integer("replay_batch_size", _HP.replay_batch_size, "Replayed images of past classes per iteration.",
                      lower_bound=1, module_name=DGM)
 flags.DEFINE_integer("replay_per_class", _HP.replay_per_class, "Replay images drawn per past class at a task's start "

@@ -170,24 +170,22 @@ class DGMTrainer(gan.GANTrainer):
         if self.hp.classifier_data == "generated":  # the current task as the generator draws it, like the replay
             z, real_y = self.sample_current(n)
             real_x = ops.stop_gradient(self.generator(z, real_y, s=self.scale(), training=True))
-        if self.num_past_classes == 0:
-            chunks = [(real_x, real_y, None)]
-        elif self.hp.classifier_steps == "combined":
-            chunks = [(ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0),
-                       gan.mixture_weights(n, ops.shape(replay_y)[0], share))]
+        if self.num_past_classes == 0 or self.hp.classifier_steps == "combined":
+            # One step; real rows first, then replay, every seen class weighted alike (as the critic step does).
+            chunks = [(real_x if replay_x is None else ops.concatenate([real_x, replay_x], 0), real_y, replay_y)]
         else:  # the reference: real + one replay batch per past task, permuted, in batches of n
             x, y = ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0)
             order = keras.random.shuffle(ops.arange(ops.shape(y)[0]), seed=self.seed_gen)
             x, y = ops.take(x, order, axis=0), ops.take(y, order, axis=0)
-            steps = self.reference_steps()
             size = self.hp.batch_size
-            chunks = [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size], None) for i in range(steps)]
+            chunks = [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size], None)
+                      for i in range(self.reference_steps())]
         losses = []
-        for x, y, weights in chunks:
+        for x, y, replay_part in chunks:
             with tf.GradientTape() as tape:
                 logits = self.classifier.classify(x, training=True)
-                loss = self.ce(y, logits) if weights is None else ops.sum(
-                    weights * keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+                loss = gan.balanced_cls_loss(self.ce, logits, y, replay_part, share)[0] if replay_part is not None \
+                    else self.ce(y, logits)
                 scaled = distribution.scale_loss(loss)
             self.c_optimizer.apply(tape.gradient(scaled, self.c_vars), self.c_vars)
             losses.append(loss)
@@ -328,11 +326,9 @@ class DGM(base.ContinualMethod):
         self.trainer = DGMTrainer(self.gen, self.disc, self.scenario.task_classes(task),
                                   task * self.scenario.classes_per_task, epochs * steps, self.hp, weight,
                                   classifier=self.cls)
-        g_opt, d_opt = gan.optimizers(self.hp)
-        c_opt = None
-        if self.hp.classifier == "separate" or self.hp.classifier_steps == "reference":
-            c_opt = keras.optimizers.Adam(self.hp.c_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2)
-        self.trainer.compile(g_opt, d_opt, c_opt, jit_compile=self.hp.jit_compile)
+        own_steps = self.hp.classifier == "separate" or self.hp.classifier_steps == "reference"
+        self.trainer.compile(*gan.optimizers(self.hp), gan.adam(self.hp, self.hp.c_lr) if own_steps else None,
+                             jit_compile=self.hp.jit_compile)
 
     def grown(self, net, seen, name):
         """The discriminator (or separate classifier) with a head over the ``seen`` classes."""

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, expansion, memory, networks
+from dgm_keras import data, expansion, gan, memory, networks
 from dgm_keras.methods import base, supervised
 
 
@@ -150,7 +150,7 @@ class ICaRL(supervised.Supervised):
         self.task_data = train if kept is None else data.SplitArrays(
             np.concatenate([train.images, kept.images]), np.concatenate([train.labels, kept.labels]))
         self.trainer = ICaRLTrainer(self.disc, previous)
-        self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
+        self.trainer.compile(gan.adam(self.hp, self.hp.d_lr),
                              jit_compile=self.hp.jit_compile)
 
     def exemplars_if_ended(self, task) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:

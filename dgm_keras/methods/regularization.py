@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, memory, networks
+from dgm_keras import data, gan, memory, networks
 from dgm_keras.methods import base, supervised
 
 FISHER_EXAMPLES = 1024  # EWC: a seeded subset of the task's images; per-example gradients cost ~2 ms each here
@@ -394,7 +394,7 @@ class Regularized(supervised.Supervised):
         self.regularizer.attach(self.disc)
         share = len(self.scenario.task_classes(task)) / self.scenario.seen_classes(task)
         self.trainer = RegularizedTrainer(self.disc, self.regularizer, share, with_memory=len(self.memory) > 0)
-        self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
+        self.trainer.compile(gan.adam(self.hp, self.hp.d_lr),
                              jit_compile=self.hp.jit_compile)
 
     def pipeline(self, task, train):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import data, distribution, expansion, networks
+from dgm_keras import data, distribution, expansion, gan, networks
 from dgm_keras.methods import base
 
 
@@ -61,7 +61,7 @@ class Supervised(base.ContinualMethod):
         self.task_data = self.seen[0] if len(self.seen) == 1 else data.SplitArrays(
             np.concatenate([s.images for s in self.seen]), np.concatenate([s.labels for s in self.seen]))
         self.trainer = ClassifierTrainer(self.disc)
-        self.trainer.compile(keras.optimizers.Adam(self.hp.d_lr, beta_1=self.hp.beta_1, beta_2=self.hp.beta_2),
+        self.trainer.compile(gan.adam(self.hp, self.hp.d_lr),
                              jit_compile=self.hp.jit_compile)
 
     def task_steps(self, train):
