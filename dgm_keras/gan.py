@@ -78,6 +78,27 @@ def balanced_cls_loss(ce, logits, real_y, replay_y, current_share: float):
     return total + (1.0 - current_share) * replay_loss, cls_loss, replay_loss
 
 
+def moving_averages(variables, decay: float, name: str) -> list:
+    """Non-trainable copies of ``variables`` for their Polyak average (none when ``decay`` is 0).
+    Attributes of a trainer, so step checkpoints carry them and a resumed task averages on."""
+    if not decay:
+        return []
+    # From a NumPy copy: a Keras variable made from another's ``.value`` shares its TF variable.
+    return [keras.Variable(np.array(v.numpy()), trainable=False, name=name, aggregation="only_first_replica")
+            for v in variables]
+
+
+def update_averages(averages: list, variables: list, decay: float, step) -> None:
+    """One step of an exponential moving average. Its decay ramps as (1 + step) / (10 + step) up
+    to ``decay``: a task's first weights, far from where it ends, fade within a few steps."""
+    if not averages:
+        return
+    step = ops.cast(step, "float32")
+    d = ops.minimum(decay, (1.0 + step) / (10.0 + step))
+    for average, v in zip(averages, variables):
+        average.assign(d * average + (1.0 - d) * v)
+
+
 def gradient_penalty(critic, real, fake, seed, weights=None):
     """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat of paired real and
     fake images, averaged over the batch (or weighted by ``weights``, which sum to 1).

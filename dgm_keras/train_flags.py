@@ -128,7 +128,14 @@ _float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--cl
        "--classifier_steps=reference) (> 0).", DGM)
 _rule("c_lr", lambda v: v > 0, "a positive number")
 _dgm_option("generator_bn", config.GENERATOR_BN, "DGM's per-task generator batch norm: "
-            "moving (the moving average as training left it) or reestimate (exact statistics at the task's end).")
+            "moving (the moving average as training left it) or reestimate (exact statistics at the task's end; "
+            "always so with --generator_ema).")
+for _name, _what in (("generator_ema", "the generator's free weights (not its masks), swapped in when a task ends, "
+                                   "before replay and export"),
+                     ("classifier_ema", "the classifier's weights (with the shared trunk: the whole discriminator), "
+                                    "swapped in when a task ends, before evaluation and export")):
+    _float(_name, getattr(_HP, _name), f"DGM: decay in [0, 1) of a moving average of {_what}; 0: off (the paper).", DGM)
+    _rule(_name, lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)")
 _dgm_option("replay", config.REPLAY_MODES, "DGM's replay: fixed (a set drawn when a task begins, "
             "the reference code) or fresh (drawn anew inside every iteration, from each past task's masks and "
             "head).")
@@ -268,7 +275,7 @@ FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order"
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",
               "seed", "jit_compile", "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max",
-              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "replay",
+              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "generator_ema", "classifier_ema", "replay",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after",
               "icarl_memory", "mergan_mode", "alignment_weight", "strategy", "cpu_replicas", "tf_log")

@@ -152,3 +152,47 @@ def test_generated_classifier_data_never_shows_the_classifier_a_real_image(mnist
     method.trainer.classifier_steps((poisoned, replay))
     finite = all(np.isfinite(v.numpy()).all() for v in method.cls.trainable_variables)
     assert finite is (classifier_data == "generated")
+
+
+def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_stay_bitwise(mnist_scenario_data):
+    # --generator_ema / --classifier_ema: each step the averages move by the ramped decay
+    # min(decay, (1 + k) / (10 + k)); when the task ends the generator's free entries and the
+    # classifier take the averages, the entries past tasks reserved keep their exact bits,
+    # and the masks are the task's own last ones (embeddings are not averaged).
+    train = mnist_scenario_data.train
+    decay = 0.9
+    method = _after_tasks(train, 1, generator_ema=decay, classifier_ema=decay)
+    trainer = method.trainer
+    averaged = trainer.g_averaged + method.disc.trainable_variables
+    assert {v.path for v in trainer.g_averaged}.isdisjoint(trainer.embedding_vars)
+    assert len(trainer._g_average) == len(trainer.g_averaged) and len(trainer._c_average) == len(
+        method.disc.trainable_variables)
+    in_trainer = {id(v) for v in trainer.variables}  # what a step checkpoint of the trainer carries
+    assert all(id(a) in in_trainer for a in trainer._g_average + trainer._c_average)
+    want = [v.numpy().astype(np.float64) for v in averaged]
+    for k in range(5):
+        trainer.fit(method.pipeline(1, _part(train, 1, 64)), epochs=1, steps_per_epoch=1, verbose=0)
+        d = min(decay, (1 + k) / (10 + k))
+        want = [d * w + (1 - d) * v.numpy() for w, v in zip(want, averaged)]
+    got = [a.numpy() for a in trainer._g_average + trainer._c_average]
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    live = [v.numpy().copy() for v in averaged]
+    masks = [layer.binary_current_masks() for layer in method.gen.masked_layers]
+    assert not all(np.array_equal(l, g) for l, g in zip(live, got))  # the averages are not the live weights
+    protect = {p: m.numpy() for p, m in trainer._protect.items()}
+    assert any((m == 0).any() for m in protect.values())  # task 0 reserved something
+    method.end_task(1)
+    for v, before, average in zip(averaged, live, got):
+        after = v.numpy()
+        if v.path in protect:
+            reserved = protect[v.path] == 0
+            np.testing.assert_array_equal(after[reserved], before[reserved])
+            np.testing.assert_array_equal(after[~reserved], average[~reserved])
+        else:
+            np.testing.assert_array_equal(after, average)
+    # The expanded generator keeps the task's own last masks (the embeddings were not averaged).
+    for layer, own in zip(method.gen.masked_layers, masks, strict=True):
+        for name, mask in own.items():
+            stored = layer.task_masks(1)[name].numpy()
+            np.testing.assert_array_equal(stored[tuple(slice(0, n) for n in mask.shape)], mask)

@@ -103,6 +103,10 @@ class DGMTrainer(gan.GANTrainer):
             f"task_out_{t}" for t in range(generator.num_past_tasks)}
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
+        # Weight averages (--generator_ema, --classifier_ema): the masks stay the task's own last ones.
+        self.g_averaged = [v for v in self.g_vars if v.path not in self.embedding_vars]
+        self._g_average = gan.moving_averages(self.g_averaged, hp.generator_ema, "g_average")
+        self._c_average = gan.moving_averages(self.classifier.trainable_variables, hp.classifier_ema, "c_average")
         # The critic step classifies too when the classifier is the critic's trunk with the combined
         # schedule, and (for the AC term of G's loss) when G needs the critic's labels.
         self.critic_classifies = (not self.separate and hp.classifier_steps == "combined") or (
@@ -159,7 +163,17 @@ class DGMTrainer(gan.GANTrainer):
             values.update(self.classifier_steps(batch))
         values.update(self.critic_step(batch, s))
         values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
+        gan.update_averages(self._g_average, self.g_averaged, self.hp.generator_ema, self.task_step)
+        gan.update_averages(self._c_average, self.classifier.trainable_variables, self.hp.classifier_ema, self.task_step)
         return self.record(values)
+
+    def swap_in_averages(self):
+        """When the task ends, the averaged weights become the weights. Entries that past tasks
+        reserved are kept as they are (bitwise: their average may differ in the last bit)."""
+        for v, average in zip(self.g_averaged, self._g_average):
+            v.assign(ops.where(self._protect[v.path] > 0, average, v) if v.path in self._protect else average)
+        for v, average in zip(self.classifier.trainable_variables, self._c_average):
+            v.assign(average)
 
     def classifier_steps(self, batch):
         """The classifier on real and replayed images, in steps of its own optimizer."""
@@ -344,7 +358,9 @@ class DGM(base.ContinualMethod):
         return gan.replay_pipeline(train, self.replay, self.hp, task, replay_batch)
 
     def end_task(self, task):
-        if self.hp.generator_bn == "reestimate":
+        self.trainer.swap_in_averages()
+        # Averaged weights need statistics of their own: the moving ones were gathered under the live weights.
+        if self.hp.generator_bn == "reestimate" or self.hp.generator_ema:
             self.reestimate_generator_bn(task)
         # Kept as packed bits (layers.PackedMasks): 4 * ceil(n / 32) bytes for a layer's n masked entries.
         self.mask_bytes.append({layer.name: layer.mask_bytes_per_task() for layer in self.gen.masked_layers})
