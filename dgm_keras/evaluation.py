@@ -70,4 +70,5 @@ def chance_level(task_classes: int, seen_classes: int) -> float:
 
 
 def near_chance(own_accuracy: float, task_classes: int, seen_classes: int) -> bool:
-    return own_accuracy <= CHANCE_FACTOR * chance_level(task_classes, seen_classes)
+    """Never for a first task of one class: with one class seen every answer is right (chance is 100%)."""
+    return seen_classes > 1 and own_accuracy <= CHANCE_FACTOR * chance_level(task_classes, seen_classes)

@@ -265,3 +265,4 @@ def test_near_chance_is_defined_on_the_task_own_classes():
     assert evaluation.near_chance(0.74, 2, 4) and not evaluation.near_chance(0.76, 2, 4)  # 1.5 x 1/2
     assert evaluation.near_chance(0.14, 1, 10) and not evaluation.near_chance(0.16, 1, 10)  # one class: 1.5 x 1/K
     assert not evaluation.near_chance(1.0, 1, 10)  # a one-class task always right: not told from a collapse
+    assert not evaluation.near_chance(1.0, 1, 1)  # the first of one-class tasks: one class seen, nothing to judge
