@@ -1,7 +1,9 @@
-"""Scores an exported classifier on a dataset's test split: per class, per task, confusion matrix.
+"""Scores an exported classifier on a dataset's test split (or the run's validation images):
+per class, per task, confusion matrix.
 
     python -m dgm_keras.evaluate --model=savedmodels/<run>/classifier/10
     python -m dgm_keras.evaluate --model=savedmodels/<run>/classifier --dataset=mnist --json=scores.json
+    python -m dgm_keras.evaluate --model=savedmodels/<run>/classifier/10 --split=validation
 
 The version's scenario (classes a task, class order) comes from the export folder's run.json;
 without one, give --classes_per_task, --class_order and --seed. Only the classes the version
@@ -38,6 +40,9 @@ def define_flags():
     flags.DEFINE_integer("seed", None, "Seed of a permuted class order; default the run's; 0 without one.",
                          lower_bound=0, module_name=GROUP)
     flags.DEFINE_string("json", None, "Also write the scores to this JSON file.", module_name=GROUP)
+    flags.DEFINE_enum("split", "test", ["test", "validation"], "test, or validation: the images the run held out of "
+                      "its training split (its --validation_fraction, from run.json), where settings are chosen.",
+                      module_name=GROUP)
 
 
 def scores(predicted: np.ndarray, labels: np.ndarray, seen: int, classes_per_task: int) -> dict:
@@ -55,9 +60,9 @@ def scores(predicted: np.ndarray, labels: np.ndarray, seen: int, classes_per_tas
             "confusion": confusion.tolist(), "images": int(len(labels))}
 
 
-def format_scores(result: dict, names: list[str]) -> str:
+def format_scores(result: dict, names: list[str], split: str = "test") -> str:
     seen = len(result["per_class"])
-    lines = [f"A_{seen} = {100 * result['accuracy']:.2f}% on {result['images']} test images of the {seen} classes seen",
+    lines = [f"A_{seen} = {100 * result['accuracy']:.2f}% on {result['images']} {split} images of the {seen} classes seen",
              "per task:  " + "  ".join(f"T{t + 1} {100 * a:.2f}" for t, a in enumerate(result["per_task"])),
              "per class: " + "  ".join(f"{names[c]} {100 * a:.2f}" for c, a in enumerate(result["per_class"])),
              "confusion matrix (rows: true class, columns: predicted):"]
@@ -78,6 +83,18 @@ def _scenario_settings(version: saved.Version) -> dict:
         raise saved.SavedError(f"--model={version.path!r} has no run.json to name its dataset; add --dataset "
                                f"(one of: {', '.join(config.DATASETS)})")
     return values
+
+
+def _split_name(version: saved.Version, spec) -> str:
+    """The TFDS split scored: the test split, or the run's held-out tail of train (data.load_scenario_data)."""
+    if FLAGS.split == "test":
+        return spec.test_split
+    fraction = version.identity.get("validation_fraction")
+    percent = config.validation_percent(fraction) if fraction else None
+    if not percent:
+        raise saved.SavedError(f"--split=validation: the run of {version.shown!r} held out no validation images "
+                               f"(validation_fraction {fraction!r} in its run.json); allowed: --split=test")
+    return f"train[{100 - percent}%:]"
 
 
 def main(argv):
@@ -106,7 +123,7 @@ def main(argv):
         data.ensure_prepared(values["dataset"], data_dir)
         scenario = data.make_scenario(values["dataset"], values["classes_per_task"], values["class_order"],
                                       values["seed"], data.label_names(values["dataset"], data_dir))
-        test = data.load_split(scenario, data_dir, spec.test_split)
+        test = data.load_split(scenario, data_dir, _split_name(version, spec))
         seen = int(classify(images=tf.zeros([1, data.IMAGE_SIZE, data.IMAGE_SIZE, channels]))["probabilities"].shape[-1])
         if seen > scenario.num_classes or seen % scenario.classes_per_task:
             raise saved.SavedError(f"--model={version.path!r} tells {seen} classes apart, which is not a whole number "
@@ -118,12 +135,12 @@ def main(argv):
         sys.exit(f"evaluate: {err}")
     result = scores(predicted, part.labels, seen, scenario.classes_per_task)
     print(f"evaluate: {version.shown} (task {version.version}, {seen} classes seen) on the {values['dataset']} "
-          f"{spec.test_split} split")
-    print(format_scores(result, list(scenario.class_names[:seen])))
+          f"{_split_name(version, spec)} split")
+    print(format_scores(result, list(scenario.class_names[:seen]), FLAGS.split))
     if FLAGS.json:
         try:
             with open(FLAGS.json, "w") as f:
-                json.dump({"model": version.path, "version": version.version, **values,
+                json.dump({"model": version.path, "version": version.version, **values, "split": FLAGS.split,
                            "units": "accuracies are fractions; confusion: image counts, rows the true class, columns "
                                     "the predicted one (scenario order)",
                            "class_names": list(scenario.class_names[:seen]), **result}, f, indent=1)

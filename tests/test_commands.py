@@ -50,6 +50,15 @@ def test_evaluate_version_one_knows_five_classes(finished_run, mnist_dir):
     assert f"A_5 = {100 * finished_run.results['A_t'][0]:.2f}%" in proc.stdout
 
 
+def test_evaluate_on_validation_scores_as_the_run_did(finished_run, mnist_dir):
+    # --split=validation: the images the run held out of its training split, where settings are chosen.
+    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier'}", f"--data_dir={mnist_dir}",
+                    "--split=validation")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"A_10 = {100 * finished_run.results['A_t_validation'][-1]:.2f}% on" in proc.stdout
+    assert "validation images" in proc.stdout and "train[85%:]" in proc.stdout
+
+
 @pytest.mark.parametrize("args,pattern", [
     (["--model=/no/such/folder"], "evaluate: --model='/no/such/folder': no such folder"),
     (["--model={gen}"], "evaluate: --model=.* is a 'generator' export; allowed: a classifier export"),
