@@ -1,6 +1,12 @@
 """Shared fixtures. Real MNIST is built once per machine into the test data dir (from the
-PyPI wheel, no TFDS download), then reused."""
+PyPI wheel, no TFDS download), then reused.
 
+The suite runs on two pytest-xdist workers (pyproject.toml: ``-n 2 --dist loadgroup``); the
+hooks below keep what a module or the session builds once on one worker (see
+``pytest_collection_modifyitems``), and the MNIST build is locked, as both workers may ask for it."""
+
+import contextlib
+import fcntl
 import os
 import sys
 
@@ -9,25 +15,88 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dgm_keras  # noqa: E402,F401  (sets oneDNN before TensorFlow is imported)
+from dgm_keras import data  # noqa: E402
+
+REAL_LOAD = data.load_scenario_data  # what load_once reads with, even while a test replaces it
 
 TEST_DATA_DIR = os.environ.get("DGM_TEST_DATA_DIR", os.path.join(ROOT, ".data", "tfds"))
 CIFAR10_JPEG = os.path.join(ROOT, "..", "shared", "data", "cifar10_jpeg.tar.gz")
 
 
+# Tests started first (in this order), as they are the longest: two workers then end together
+# rather than one finishing a long test alone. A scheduling hint only; every test runs anyway.
+LONGEST_FIRST = ("test_resume.py::test_kill_at_three_points", "test_distribution.py", "test_faults_data.py",
+                 "test_offline_data.py::test_train_prepares", "test_benchmark.py::test_the_gpu_check",
+                 "test_faults.py::test_ctrl_c")
+
+
+def _module_scoped(item) -> bool:
+    return any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """One xdist worker for the tests that share ``finished_run`` and for each module whose tests
+    share a module-scoped fixture, so that each is built once; the longest tests first."""
+    for item in items:
+        if "finished_run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("finished_run"))
+        elif _module_scoped(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def rank(item):
+        hits = [i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.split("/")[-1].startswith(prefix)]
+        return hits[0] if hits else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
-    from dgm_keras import data
-
-    data.ensure_prepared("mnist", TEST_DATA_DIR)
+    os.makedirs(os.path.dirname(TEST_DATA_DIR), exist_ok=True)
+    with open(TEST_DATA_DIR + ".lock", "w") as lock:  # the other xdist worker may be building it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data.ensure_prepared("mnist", TEST_DATA_DIR)
     return TEST_DATA_DIR
+
+
+_LOADED = {}
+
+
+def load_once(scenario, data_dir, fraction):
+    """``data.load_scenario_data``, reading each (dataset, class order, folder, fraction) once in
+    this process: the same arrays (read-only) under the scenario asked for."""
+    key = (scenario.dataset, tuple(scenario.class_order), os.path.realpath(data_dir), fraction)
+    if key not in _LOADED:
+        loaded = REAL_LOAD(scenario, data_dir, fraction)
+        for split in (loaded.train, loaded.validation, loaded.test):
+            if split is not None:
+                split.images.flags.writeable = split.labels.flags.writeable = False
+        _LOADED[key] = loaded
+    got = _LOADED[key]
+    return data.ScenarioData(scenario, got.train, got.validation, got.test)
+
+
+@contextlib.contextmanager
+def reading_mnist_once():
+    """For whole runs in this process (the runner's faults, resuming): each run reads MNIST
+    through ``load_once`` instead of decoding the TFDS files again (about 8 s a run); what is
+    tested is what the runner does with the data, which is the same."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "load_scenario_data", load_once)
+        yield
+
+
+@pytest.fixture
+def mnist_read_once():
+    with reading_mnist_once():
+        yield
 
 
 @pytest.fixture(scope="session")
 def mnist_scenario_data(mnist_dir):
-    from dgm_keras import data
-
     scenario = data.make_scenario("mnist", 1, class_names=data.label_names("mnist", mnist_dir))
-    return data.load_scenario_data(scenario, mnist_dir, 0.15)
+    return load_once(scenario, mnist_dir, 0.15)
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +135,10 @@ def poison_second_task(monkeypatch):
 
 @pytest.fixture(scope="session")
 def finished_run(mnist_dir, tmp_path_factory):
-    """One short DGMw run through the entry point, finished (2 tasks of 5 MNIST classes, 10 steps
-    each, so the losses are logged once a task): what the tests of the commands, the plots,
-    TensorBoard and results.json read. Its console output is kept."""
+    """One short DGMw run through the entry point, finished (2 tasks of 5 MNIST classes, 15 steps
+    each, so the losses are logged in each task): what the tests of the commands, the plots,
+    TensorBoard, results.json and the DGMw run's outputs (tests/test_end_to_end.py) read. Its
+    console output is kept."""
     import json
     import subprocess
     import types
@@ -79,7 +149,7 @@ def finished_run(mnist_dir, tmp_path_factory):
     workdir, export_root = root / "runs" / "r", root / "exp" / "r"
     cmd = [sys.executable, "-m", "dgm_keras.train", f"--data_dir={mnist_dir}", f"--workdir={workdir}",
            f"--export_dir={root / 'exp'}", "--run_name=r", "--method=dgmw", "--classes_per_task=5",
-           "--steps_per_task=10", "--ngf=4", "--checkpoint_every=0"]
+           "--steps_per_task=15", "--ngf=4", "--checkpoint_every=0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

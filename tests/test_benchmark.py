@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TEST_DATA_DIR
+from conftest import ROOT
 from dgm_keras import benchmark, config
 
 
@@ -109,12 +109,12 @@ def test_two_methods_make_a_table(tmp_path, mnist_dir):
         line for line in table.splitlines() if line.startswith("| JT")]
 
 
-def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path):
+def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, mnist_dir):
     # benchmarks/gpu_check.sh cannot be run for real without a GPU; --smoke runs every part of it
     # tiny (step throughput, a short run and its seconds a task, the memory line) so the script
     # is known to parse and run.
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
-    env = dict(os.environ, PYTHON=sys.executable, TFDS_DATA_DIR=TEST_DATA_DIR)
+    env = dict(os.environ, PYTHON=sys.executable, TFDS_DATA_DIR=mnist_dir)  # built (mnist_dir) before it runs
     proc = subprocess.run([script, "--smoke"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout

@@ -159,15 +159,32 @@ AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
 MULTIWORKER_AGREEMENT = (0.002, 1e-2)
 
 
+def _finish(procs, timeout=600):
+    """Waits for processes started together; all must exit 0."""
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    assert [p.returncode for p in procs] == [0] * len(procs), [err[-3000:] for _, err in outputs]
+
+
 @pytest.fixture(scope="module", params=["finetune", "dgmw"])
 def runs(request, mnist_dir, tmp_path_factory):
     """The same short command on 2 CPU replicas (MirroredStrategy) and on one device."""
     method = request.param
     tmp = tmp_path_factory.mktemp(f"runs_{method}")
     out = {"method": method, "tmp": tmp}
-    for name, strategy in (("mirrored", ["--strategy=mirrored", "--cpu_replicas=2"]), ("single", [])):
-        _run(["-m", "dgm_keras.train", *strategy, f"--method={method}", *RUN_FLAGS, f"--data_dir={mnist_dir}",
-              f"--workdir={tmp / name / 'run'}", f"--export_dir={tmp / name / 'exports'}"])
+    procs = {name: subprocess.Popen(  # side by side: two processes that each keep a core only partly busy
+        [sys.executable, "-m", "dgm_keras.train", *strategy, f"--method={method}", *RUN_FLAGS, f"--data_dir={mnist_dir}",
+         f"--workdir={tmp / name / 'run'}", f"--export_dir={tmp / name / 'exports'}"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, strategy in (("mirrored", ["--strategy=mirrored", "--cpu_replicas=2"]), ("single", []))}
+    _finish(list(procs.values()))
+    for name in procs:
         with open(tmp / name / "run" / "results.json") as f:
             out[name] = json.load(f)
     return out
@@ -217,15 +234,7 @@ def workers(mnist_dir, tmp_path_factory):
             [sys.executable, "-m", "dgm_keras.train", "--strategy=multiworker", "--method=dgmw", *RUN_FLAGS,
              f"--data_dir={mnist_dir}", f"--workdir={tmp / f'w{index}' / 'run'}", f"--export_dir={tmp / f'w{index}' / 'exports'}"],
             cwd=ROOT, env={**ENV, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=600))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outputs]
+    _finish(procs)
     results = []
     for index in range(2):
         with open(tmp / f"w{index}" / "run" / "results.json") as f:

@@ -31,9 +31,10 @@ def test_joint_training_learns_real_mnist(tmp_path, mnist_dir):
     assert sorted(os.listdir(tmp_path / "exp" / "r" / "classifier")) == ["1", "2"]
 
 
-def test_dgmw_run_writes_everything(tmp_path, mnist_dir):
-    out, res = _train(tmp_path, mnist_dir, "--method=dgmw", "--classes_per_task=5", "--steps_per_task=15",
-                      "--ngf=4")
+def test_dgmw_run_writes_everything(finished_run):
+    # The shared run (conftest.finished_run): --method=dgmw --classes_per_task=5 --steps_per_task=15 --ngf=4.
+    res, workdir, export_root = finished_run.results, finished_run.workdir, finished_run.export_root
+    assert res["hyperparameters"]["steps_per_task"] == 15 and res["hyperparameters"]["ngf"] == 4
     assert res["complete"] is True
     matrix = res["accuracy_matrix"]
     assert [len(r) for r in matrix] == [1, 2]
@@ -46,8 +47,8 @@ def test_dgmw_run_writes_everything(tmp_path, mnist_dir):
     # in the past classes (100% here), where with replay labelled as current classes, or blank
     # replay images, task 2 sends them all to its own classes (0%).
     old = np.repeat(np.arange(5, dtype=np.int32), 40)
-    gen = tf.saved_model.load(str(tmp_path / "exp" / "r" / "generator" / "2")).signatures["sample"]
-    clf = tf.saved_model.load(str(tmp_path / "exp" / "r" / "classifier" / "2")).signatures["serving_default"]
+    gen = tf.saved_model.load(str(export_root / "generator" / "2")).signatures["sample"]
+    clf = tf.saved_model.load(str(export_root / "classifier" / "2")).signatures["serving_default"]
     replayed = gen(labels=tf.constant(old), seed=tf.constant(0, tf.int64))["images"]
     predicted = clf(images=replayed)["classes"].numpy()
     assert np.mean(predicted < 5) > 0.8, np.bincount(predicted, minlength=10)
@@ -58,8 +59,8 @@ def test_dgmw_run_writes_everything(tmp_path, mnist_dir):
     assert len(rep["generator_size_after_task"]) == 2 and rep["replay_images_per_task"][0] == 0
     assert rep["replay_images_per_task"][1] > 0
     for kind in ("classifier", "generator"):
-        assert sorted(os.listdir(tmp_path / "exp" / "r" / kind)) == ["1", "2"]
-    events = [f for f in os.listdir(tmp_path / "work" / "tb") if f.startswith("events")]
+        assert sorted(os.listdir(export_root / kind)) == ["1", "2"]
+    events = [f for f in os.listdir(workdir / "tb") if f.startswith("events")]
     assert events
     assert np.isfinite(res["last_losses"]["d_loss"])
 

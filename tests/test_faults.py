@@ -218,8 +218,11 @@ def test_ctrl_c_is_one_line_that_says_where_the_run_resumes(tmp_path, mnist_dir)
     work = tmp_path / "work"
     args = ["--method=finetune", "--steps_per_task=60", "--checkpoint_every=20",
             f"--data_dir={mnist_dir}", *_paths(tmp_path)]
+    # Ctrl-C as in a terminal, even where pytest itself was started with SIGINT ignored (a shell's
+    # background job): the child would inherit that and never see the signal.
     proc = subprocess.Popen([sys.executable, "-m", "dgm_keras.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = work / "checkpoints" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, poison_second_task
 
+pytestmark = pytest.mark.usefixtures("mnist_read_once")  # the runs in this process read MNIST once
+
 FLAGS = dict(method="finetune", classes_per_task=5, steps_per_task=4, checkpoint_every=2, batch_size=32)
 
 

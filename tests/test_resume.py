@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, poison_second_task
+from conftest import ROOT, poison_second_task, reading_mnist_once
 
 ARGS = ["--classes_per_task=5", "--steps_per_task=12", "--checkpoint_every=4", "--replay_per_class=200"]
 
@@ -60,11 +60,19 @@ def _versions(tmp):
     return sorted(os.listdir(root)) if os.path.isdir(root) else []
 
 
-def test_kill_at_three_points_then_resume_equals_uninterrupted(tmp_path, mnist_dir):
+def _stop(proc):
+    if proc.poll() is None:  # the test failed before it waited for it
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_at_three_points_then_resume_equals_uninterrupted(tmp_path, mnist_dir, request):
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref, mnist_dir), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=900)
-    with open(ref / "work" / "results.json") as f:
-        expected = json.load(f)
+    ref.mkdir()
+    # The uninterrupted run goes on beside the interrupted ones (its own folders; the second core).
+    with open(ref / "stderr.txt", "w") as ref_err:
+        reference = subprocess.Popen(_cmd(ref, mnist_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=ref_err)
+    request.addfinalizer(lambda: _stop(reference))
 
     run = tmp_path / "run"
     cmd = _cmd(run, mnist_dir)
@@ -83,6 +91,9 @@ def test_kill_at_three_points_then_resume_equals_uninterrupted(tmp_path, mnist_d
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(run / "work" / "results.json") as f:
         got = json.load(f)
+    assert reference.wait(timeout=900) == 0, (ref / "stderr.txt").read_text()[-2000:]
+    with open(ref / "work" / "results.json") as f:
+        expected = json.load(f)
     assert got["complete"] and len(got["resumed_at"]) >= 1
     # Exactly the uninterrupted run's results (README, Resuming): same stream, same seeds, same
     # optimizer state, so the same bits on the same machine. (Not ``last_losses``: they are the
@@ -133,7 +144,8 @@ def finished(tmp_path_factory, mnist_dir):
     from dgm_keras import runner
 
     tmp = tmp_path_factory.mktemp("finished")
-    runner.run(_cfg(tmp, mnist_dir), log=lambda *_: None)
+    with reading_mnist_once():
+        runner.run(_cfg(tmp, mnist_dir), log=lambda *_: None)
     return tmp
 
 
@@ -181,7 +193,7 @@ def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_dir):
     ("other_method", r"belongs to another run: method='finetune' there, 'joint' now"),
     ("other_lr", r"belongs to another run: d_lr=0.002 there, 0.01 now"),
 ])
-def test_bad_checkpoints_are_refused_and_left_alone(finished, tmp_path, mnist_dir, damage, pattern):
+def test_bad_checkpoints_are_refused_and_left_alone(finished, tmp_path, mnist_dir, damage, pattern, mnist_read_once):
     from dgm_keras import checkpointing, runner
 
     run = _copy(finished, tmp_path)
@@ -214,7 +226,7 @@ def test_cli_reports_a_foreign_checkpoint_in_one_line(finished, tmp_path, mnist_
     assert last.startswith("train: the checkpoint in ") and "belongs to another run: method='finetune' there" in last
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, mnist_read_once):
     from dgm_keras import runner
 
     poison_second_task(monkeypatch)
