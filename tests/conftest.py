@@ -31,7 +31,8 @@ LONGEST_FIRST = ("test_resume.py::test_kill_at_three_points", "test_distribution
 
 
 def _module_scoped(item) -> bool:
-    return any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+    info = getattr(item, "_fixtureinfo", None)  # test functions have one
+    return info is not None and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks

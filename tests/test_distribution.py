@@ -23,7 +23,7 @@ GLOBAL_BATCH = 8
 ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _run(args, timeout=300):
+def _run(args, timeout=600):  # the step check took 8 min beside five trainings on the 2 cores, 1 min alone
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
