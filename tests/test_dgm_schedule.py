@@ -31,6 +31,33 @@ def _after_tasks(train, tasks, **kw):
     return method
 
 
+def test_the_selector_scores_the_averaged_classifier_while_a_task_trains(mnist_scenario_data):
+    # With --classifier_ema the classifier that is evaluated strictly and exported is the
+    # average; at an epoch's end (where the validation selector scores) method.classifier()
+    # must give the average's logits, leave the live weights bitwise as they were, and, once
+    # the task has ended and the averages are the weights, give the same logits again.
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 1, classifier_ema=0.9)
+    trainer = method.trainer
+    for _ in range(3):
+        trainer.fit(method.pipeline(1, _part(train, 1, 64)), epochs=1, steps_per_epoch=1, verbose=0)
+    images = np.concatenate([_part(train, t, 16).images for t in range(2)])
+    live = [v.numpy().copy() for v in method.disc.trainable_variables]
+    live_logits = method.disc.classify(images).numpy()
+    for v, average in zip(method.disc.trainable_variables, trainer._c_average, strict=True):
+        v.assign(average.numpy())
+    want = method.disc.classify(images).numpy()
+    for v, value in zip(method.disc.trainable_variables, live):
+        v.assign(value)
+    assert np.abs(want - live_logits).max() > 1e-3  # the averages are not the live weights
+    got = np.asarray(method.classifier()(images))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for v, value in zip(method.disc.trainable_variables, live):
+        np.testing.assert_array_equal(v.numpy(), value)
+    method.end_task(1)
+    np.testing.assert_allclose(np.asarray(method.classifier()(images)), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mask_gradient,switched_off", [("constant", True), ("annealed", False)])
 def test_an_entry_pushed_off_in_the_last_quarter_of_a_task_switches_off(mask_gradient, switched_off):
     # Every entry starts on (mask_init 0.05). In steps 150..199 of a 200-step task a loss that

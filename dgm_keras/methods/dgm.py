@@ -175,6 +175,18 @@ class DGMTrainer(gan.GANTrainer):
         for v, average in zip(self.classifier.trainable_variables, self._c_average):
             v.assign(average)
 
+    def averaged_classify(self):
+        """logits from the classifier's averaged weights, without touching its live ones: what
+        the task would end with if it ended now, so that the validation selector scores at an
+        epoch's end the classifier that is evaluated strictly and exported (``swap_in_averages``)."""
+        mapping = list(zip(self.classifier.trainable_variables, self._c_average))
+
+        def classify(images):
+            with keras.StatelessScope(state_mapping=[(v, average.value) for v, average in mapping]):
+                return self.classifier.classify(images, training=False)
+
+        return tf.function(classify, reduce_retracing=True)
+
     def classifier_steps(self, batch):
         """The classifier on real and replayed images, in steps of its own optimizer."""
         real_x, real_y, replay_x, replay_y = gan.split_batch(batch, self.num_past_classes > 0)
@@ -301,6 +313,7 @@ class DGM(base.ContinualMethod):
         self.disc = self.cls = None  # cls: the separate classifier (--classifier=separate)
         self.sizes, self.mask_bytes, self.replay_counts, self.reserved_fraction = [], [], [], []
         self.trainer = None
+        self._averaging = None  # the trainer whose classifier averages the selector scores, while its task trains
 
     # -- replay
     def sample(self, labels: np.ndarray, seed: int, batch: int = 2048) -> np.ndarray:
@@ -343,6 +356,7 @@ class DGM(base.ContinualMethod):
         own_steps = self.hp.classifier == "separate" or self.hp.classifier_steps == "reference"
         self.trainer.compile(*gan.optimizers(self.hp), gan.adam(self.hp, self.hp.c_lr) if own_steps else None,
                              jit_compile=self.hp.jit_compile)
+        self._averaging = self.trainer if self.trainer._c_average else None
 
     def grown(self, net, seen, name):
         """The discriminator (or separate classifier) with a head over the ``seen`` classes."""
@@ -357,8 +371,18 @@ class DGM(base.ContinualMethod):
             replay_batch = self.hp.batch_size * task  # one batch per past task, as the reference code
         return gan.replay_pipeline(train, self.replay, self.hp, task, replay_batch)
 
+    def classifier(self):
+        """While a task trains with ``--classifier_ema``, the averaged classifier (see
+        ``DGMTrainer.averaged_classify``); otherwise the live one, which the averages have become."""
+        if self._averaging is None:
+            return super().classifier()
+        if getattr(self, "_averaged_for", None) is not self._averaging:
+            self._averaged_classify, self._averaged_for = self._averaging.averaged_classify(), self._averaging
+        return self._averaged_classify
+
     def end_task(self, task):
         self.trainer.swap_in_averages()
+        self._averaging = None
         # Averaged weights need statistics of their own: the moving ones were gathered under the live weights.
         if self.hp.generator_bn == "reestimate" or self.hp.generator_ema:
             self.reestimate_generator_bn(task)
