@@ -134,7 +134,7 @@ for _name, _what in (("generator_ema", "the generator's free weights (not its ma
                                    "before replay and export"),
                      ("classifier_ema", "the classifier's weights (with the shared trunk: the whole discriminator), "
                                     "swapped in when a task ends, before evaluation and export")):
-    _float(_name, getattr(_HP, _name), f"DGM: decay in [0, 1) of a moving average of {_what}; 0: off (the paper).", DGM)
+    _float(_name, getattr(_HP, _name), f"DGM: decay in [0, 1) of a moving average of {_what}; 0: off (the paper and the *_paper flagfiles).", DGM)
     _rule(_name, lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)")
 _dgm_option("replay", config.REPLAY_MODES, "DGM's replay: fixed (a set drawn when a task begins, "
             "the reference code) or fresh (drawn anew inside every iteration, from each past task's masks and "
