@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from dgm_keras import chunks
+
 
 def use_cpu_replicas(count: int) -> None:
     """Splits the CPU into ``count`` logical devices (for trying a strategy without GPUs).
@@ -74,6 +76,21 @@ def sparse_cross_entropy(labels, logits):
     with ``scale_loss`` it would be scaled twice, and logged at a fraction of its value.
     """
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
+def max_steps_per_call(trainer: keras.Model) -> int:
+    """One step per compiled call under a strategy; no limit otherwise.
+
+    Keras 3.15 runs ``steps_per_execution`` > 1 as a ``tf.while_loop`` whose body calls
+    ``strategy.run`` inside a ``tf.cond``; the optimizers' ``merge_call`` there leaves a
+    placeholder of the cond branch unfed, and the first call fails with "You must feed a value
+    for placeholder tensor ... multi_step_on_iterator" (keras-team/keras#19246, open; measured
+    here under MirroredStrategy with the default 10 steps a call). One step a call takes the
+    ``steps_per_execution == 1`` path, which has no loop and no cond.
+    """
+    if isinstance(trainer.distribute_strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return 1
+    return chunks.MAX_STEPS_PER_EXECUTION
 
 
 def prepare_for_fit(trainer: keras.Model) -> None:

@@ -34,7 +34,7 @@ def fit_steps(trainer: keras.Model, make_dataset: Callable[[], tf.data.Dataset],
     """
     chunks.check_callbacks(callbacks)
     distribution.prepare_for_fit(trainer)
-    chunk = chunks.steps_per_execution(steps, start_step, max_chunk)
+    chunk = chunks.steps_per_execution(steps, start_step, min(max_chunk, distribution.max_steps_per_call(trainer)))
     if trainer.steps_per_execution != chunk:  # set after compile (which resets it); retraces once
         trainer.steps_per_execution, trainer.train_function = chunk, None
     epoch, into = divmod(start_step, steps)
