@@ -108,12 +108,15 @@ def sum_over_replicas(values: list) -> list:
 
 
 def across_replicas(fn: Callable) -> Callable:
-    """``fn`` (tensors of examples, rows first -> a list of sums over those rows) callable from
-    cross-replica context, i.e. in the strategy's scope outside ``fit`` (a task's end): each
-    replica sums its share of the rows and the shares are added. Needed where ``fn`` takes
-    gradients with respect to the model's variables: outside a replica context that fails
-    ("DistributedVariable.handle is not available outside the replica context"). ``fn`` itself
-    when no strategy is in use."""
+    """``fn`` (tensors of examples, rows first, the last one each row's weight -> a list of
+    weighted sums over the rows) callable from cross-replica context, i.e. in the strategy's
+    scope outside ``fit`` (a task's end): each replica sums its share of the rows and the shares
+    are added. Needed where ``fn`` takes gradients with respect to the model's variables: outside
+    a replica context that fails ("DistributedVariable.handle is not available outside the
+    replica context"). ``fn`` itself when no strategy is in use.
+
+    Every replica gets at least one row (a per-example ``tf.vectorized_map`` over none fails): a
+    batch is padded to a multiple of the replicas with copies of its first row, weighted 0."""
     if not tf.distribute.has_strategy():
         return fn
     strategy = tf.distribute.get_strategy()
@@ -121,7 +124,13 @@ def across_replicas(fn: Callable) -> Callable:
     def share(*args):
         index, count = _replica()
         rows = tf.shape(args[0])[0]
-        return fn(*[a[rows * index // count:rows * (index + 1) // count] for a in args])
+        each = (rows + count - 1) // count
+
+        def padded(a, weights=False):
+            extra = tf.repeat(a[:1], each * count - rows, axis=0)
+            return tf.concat([a, tf.zeros_like(extra) if weights else extra], 0)[index * each:(index + 1) * each]
+
+        return fn(*[padded(a) for a in args[:-1]], padded(args[-1], weights=True))
 
     @tf.function(reduce_retracing=True)
     def summed(*args):
