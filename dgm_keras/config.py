@@ -30,8 +30,10 @@ GENERATOR_BN = ("moving", "reestimate")
 CLASSIFIER_DATA = ("real", "generated")  # the current task's real images (the paper), or its generated ones
 REPLAY_MODES = ("fixed", "fresh")  # replay drawn once at a task's start (the reference), or anew every iteration (MeRGAN)  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
-# Methods whose train steps scale their losses per replica (tests/test_distribution.py).
-DISTRIBUTED_METHODS = ("dgmw", "dgma", "joint", "finetune")
+# Methods whose train steps scale their losses per replica, draw their own rows and keep their
+# statistics as one device would (tests/test_distribution.py): all of them. A new method joins
+# once it does; until then --strategy is refused for it (train_flags._check_strategy).
+DISTRIBUTED_METHODS = ("dgmw", "dgma", "joint", "finetune", "ewc", "si", "rwalk", "icarl", "dgr", "mergan")
 
 
 @dataclasses.dataclass(frozen=True)

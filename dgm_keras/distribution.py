@@ -11,6 +11,14 @@ helpers here do them:
   every replica, as the seed generators are mirrored. ``own_rows`` draws the whole global
   batch's values on each replica and keeps the replica's own rows, so replicas differ and a
   distributed step draws exactly what one device would on the whole batch.
+
+Statistics a step accumulates from gradients (SI's path integral, RWalk's squared gradients)
+need the global batch's gradient, not a replica's share of it: ``sum_over_replicas`` all-reduces
+the scaled per-replica gradients into it (the optimizers do the same with the gradients they
+are given). A statistic every replica then updates with the same values can live in a variable
+with Keras' default aggregation ("none"): in a replicated step each replica updates its own
+copy, with no ``merge_call``, so the copies stay equal, and such updates may sit in a
+``tf.cond`` (a ``merge_call`` inside one fails).
 """
 
 from __future__ import annotations
@@ -61,11 +69,74 @@ def scale_loss(loss):
 
 def own_rows(draw: Callable, rows):
     """This replica's ``rows`` rows of ``draw(rows * replicas)``: ``draw`` makes a random tensor
-    with the given number of rows from a (mirrored) seed generator, the same on every replica."""
+    with the given number of rows from a (mirrored) seed generator, the same on every replica.
+
+    ``rows`` may be a list of this replica's row counts of the parts its batch concatenates (real
+    rows, then replayed ones): ``fit`` splits each part across the replicas, so a replica's rows
+    of the one-device batch are its share of each part, and those are the draw's rows it keeps.
+    Draws paired with the batch's rows (a fake per image, its interpolation weight) then pair as
+    on one device.
+    """
+    parts = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+    total = parts[0] if len(parts) == 1 else sum(parts)
     index, count = _replica()
     if count == 1:
-        return draw(rows)
-    return draw(rows * count)[index * rows:(index + 1) * rows]
+        return draw(total)
+    whole = draw(total * count)
+    kept, start = [], 0
+    for size in parts:
+        kept.append(whole[start + index * size:start + (index + 1) * size])
+        start += size * count
+    return kept[0] if len(kept) == 1 else ops.concatenate(kept, 0)
+
+
+def replica_rows(global_rows: int) -> int:
+    """This replica's share of ``global_rows`` rows drawn inside a step (not split by ``fit``)."""
+    _, count = _replica()
+    if global_rows % count:
+        raise ValueError(f"{global_rows} rows drawn in a step cannot be split evenly over {count} replicas")
+    return global_rows // count
+
+
+def sum_over_replicas(values: list) -> list:
+    """The sum over replicas of each of ``values`` (per-replica gradients of ``scale_loss``d
+    losses: the global batch's gradients), on every replica; ``values`` with one replica."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return list(values)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+
+
+def across_replicas(fn: Callable) -> Callable:
+    """``fn`` (tensors of examples, rows first, the last one each row's weight -> a list of
+    weighted sums over the rows) callable from cross-replica context, i.e. in the strategy's
+    scope outside ``fit`` (a task's end): each replica sums its share of the rows and the shares
+    are added. Needed where ``fn`` takes gradients with respect to the model's variables: outside
+    a replica context that fails ("DistributedVariable.handle is not available outside the
+    replica context"). ``fn`` itself when no strategy is in use.
+
+    Every replica gets at least one row (a per-example ``tf.vectorized_map`` over none fails): a
+    batch is padded to a multiple of the replicas with copies of its first row, weighted 0."""
+    if not tf.distribute.has_strategy():
+        return fn
+    strategy = tf.distribute.get_strategy()
+
+    def share(*args):
+        index, count = _replica()
+        rows = tf.shape(args[0])[0]
+        each = (rows + count - 1) // count
+
+        def padded(a, weights=False):
+            extra = tf.repeat(a[:1], each * count - rows, axis=0)
+            return tf.concat([a, tf.zeros_like(extra) if weights else extra], 0)[index * each:(index + 1) * each]
+
+        return fn(*[padded(a) for a in args[:-1]], padded(args[-1], weights=True))
+
+    @tf.function(reduce_retracing=True)
+    def summed(*args):
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in strategy.run(share, args)]
+
+    return summed
 
 
 def sparse_cross_entropy(labels, logits):

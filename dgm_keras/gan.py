@@ -54,6 +54,18 @@ def split_batch(batch, has_replay: bool):
     return real_x, real_y, None, None
 
 
+def batch_parts(real_x, replay_x) -> list:
+    """The row counts of the parts of a batch of real rows followed by replayed ones (``replay_x``
+    None: real only), for draws paired with its rows (``distribution.own_rows``)."""
+    return [ops.shape(real_x)[0]] + ([] if replay_x is None else [ops.shape(replay_x)[0]])
+
+
+def latents(nz: int, rows, seed):
+    """This replica's latents of ``rows`` rows (a count, or a batch's parts: ``batch_parts``),
+    drawn from the trainer's ``seed`` generator as one device draws them (``distribution.own_rows``)."""
+    return distribution.own_rows(lambda n: keras.random.normal((n, nz), seed=seed), rows)
+
+
 def mixture_weights(num_real, num_replay, current_share: float):
     """Per-image weights (summing to 1) of a batch of ``num_real`` real images followed by
     ``num_replay`` replayed ones: the real part weighs ``current_share`` (the current task's
@@ -99,14 +111,16 @@ def update_averages(averages: list, variables: list, decay: float, step) -> None
         average.assign(d * average + (1.0 - d) * v)
 
 
-def gradient_penalty(critic, real, fake, seed, weights=None):
+def gradient_penalty(critic, real, fake, seed, weights=None, parts=None):
     """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat of paired real and
     fake images, averaged over the batch (or weighted by ``weights``, which sum to 1).
 
     ``critic`` maps images to one score each; ``seed`` is the trainer's SeedGenerator (the
-    interpolation draws from it, so a trainer's steps are reproducible).
+    interpolation draws from it, so a trainer's steps are reproducible). ``parts``: the row
+    counts of the parts ``real`` concatenates (``distribution.own_rows``), if more than one.
     """
-    eps = distribution.own_rows(lambda rows: keras.random.uniform((rows, 1, 1, 1), seed=seed), ops.shape(real)[0])
+    eps = distribution.own_rows(lambda rows: keras.random.uniform((rows, 1, 1, 1), seed=seed),
+                                ops.shape(real)[0] if parts is None else parts)
     x_hat = eps * real + (1.0 - eps) * fake
     with tf.GradientTape() as tape:
         tape.watch(x_hat)

@@ -18,12 +18,11 @@ needed only to draw the replay set, which is done before the task's first step.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, expansion, gan, networks
+from dgm_keras import data, distribution, expansion, gan, networks
 from dgm_keras.methods import base
 
 
@@ -53,31 +52,32 @@ class DGRTrainer(gan.GANTrainer):
         images = real_x if replay_x is None else ops.concatenate([real_x, replay_x], 0)
         weights = gan.mixture_weights(ops.shape(real_x)[0], None if replay_x is None else ops.shape(replay_x)[0],
                                       self.current_share)
-        values = self.discriminator_step(images, real_y, replay_y, weights)
+        values = self.discriminator_step(images, real_y, replay_y, weights, gan.batch_parts(real_x, replay_x))
         values.update(self.generator_step(ops.shape(images)[0]))
         return self.record(values)
 
-    def discriminator_step(self, images, real_y, replay_y, weights):
-        n = ops.shape(images)[0]
-        fake = ops.stop_gradient(self.generator(keras.random.normal((n, self.generator.nz), seed=self.seed_gen),
-                                                training=True))
+    def discriminator_step(self, images, real_y, replay_y, weights, parts):
+        """Under a strategy (``distribution``): each fake and interpolation weight pairs with the
+        image one device pairs it with (``parts``), and the loss, a replica's mean, is scaled."""
+        fake = ops.stop_gradient(self.generator(gan.latents(self.generator.nz, parts, self.seed_gen), training=True))
         with tf.GradientTape() as tape:
             wasserstein = ops.sum(weights * self.score(images)) - ops.mean(self.score(fake))
-            gp = gan.gradient_penalty(self.score, images, fake, self.seed_gen, weights)
+            gp = gan.gradient_penalty(self.score, images, fake, self.seed_gen, weights, parts)
             d_loss = -wasserstein + self.hp.gp_weight * gp
             logits = self.solver.classify(images, training=True)
             total_cls, cls_loss, replay_loss = gan.balanced_cls_loss(self.ce, logits, real_y, replay_y,
                                                                      self.current_share)
-            loss = d_loss + total_cls
-        self.d_optimizer.apply(tape.gradient(loss, self.d_vars), self.d_vars)
+            scaled = distribution.scale_loss(d_loss + total_cls)
+        self.d_optimizer.apply(tape.gradient(scaled, self.d_vars), self.d_vars)
         return dict(d_loss=d_loss, wasserstein=wasserstein, gradient_penalty=gp, cls_loss=cls_loss,
                     replay_cls_loss=replay_loss)
 
     def generator_step(self, n):
-        z = keras.random.normal((n, self.generator.nz), seed=self.seed_gen)
+        z = gan.latents(self.generator.nz, n, self.seed_gen)
         with tf.GradientTape() as tape:
             g_loss = -ops.mean(self.score(self.generator(z, training=True)))
-        self.g_optimizer.apply(tape.gradient(g_loss, self.g_vars), self.g_vars)
+            scaled = distribution.scale_loss(g_loss)
+        self.g_optimizer.apply(tape.gradient(scaled, self.g_vars), self.g_vars)
         return dict(g_loss=g_loss)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, expansion, gan, memory, networks
+from dgm_keras import data, distribution, expansion, gan, memory, networks
 from dgm_keras.methods import base, supervised
 
 
@@ -97,7 +97,8 @@ class ICaRLTrainer(supervised.ClassifierTrainer):
         variables = self.discriminator.head_variables("classifier")
         with tf.GradientTape() as tape:
             loss = self.task_loss(x, y)
-        self.cls_optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = distribution.scale_loss(loss)
+        self.cls_optimizer.apply(tape.gradient(scaled, variables), variables)
         self.loss_tracker.update_state(loss)
         return {m.name: m.result() for m in self.metrics}
 

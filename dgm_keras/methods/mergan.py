@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import config, data, expansion, gan, networks
+from dgm_keras import config, data, distribution, expansion, gan, networks
 from dgm_keras.methods import base
 
 
@@ -66,37 +66,43 @@ class MeRGANTrainer(gan.GANTrainer):
         else:
             images, labels = ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0)
             weights = gan.mixture_weights(ops.shape(real_x)[0], ops.shape(replay_x)[0], self.current_share)
-        values = self.critic_step(images, labels, real_y, replay_y, weights)
-        values.update(self.generator_step(labels, weights))
+        parts = gan.batch_parts(real_x, replay_x)
+        values = self.critic_step(images, labels, real_y, replay_y, weights, parts)
+        values.update(self.generator_step(labels, weights, parts))
         return self.record(values)
 
-    def critic_step(self, images, labels, real_y, replay_y, weights):
-        """WGAN-GP on the class-balanced mix (fakes of the same labels), plus D's classifier."""
-        z = keras.random.normal((ops.shape(labels)[0], self.generator.nz), seed=self.seed_gen)
-        fake = ops.stop_gradient(self.generator(z, labels, training=True))
+    def critic_step(self, images, labels, real_y, replay_y, weights, parts):
+        """WGAN-GP on the class-balanced mix (fakes of the same labels), plus D's classifier.
+        Under a strategy (``distribution``): each latent and interpolation weight pairs with the
+        row one device pairs it with (``parts``), and the loss, a replica's mean, is scaled."""
+        fake = ops.stop_gradient(self.generator(gan.latents(self.generator.nz, parts, self.seed_gen), labels,
+                                                training=True))
         with tf.GradientTape() as tape:
             critic_real, logits = self.discriminator(images, training=True)
             critic_fake, _ = self.discriminator(fake, training=True)
             wasserstein = ops.sum(weights * critic_real) - ops.sum(weights * critic_fake)
             gp = gan.gradient_penalty(lambda x: self.discriminator(x, training=True)[0], images, fake,
-                                      self.seed_gen, weights)
+                                      self.seed_gen, weights, parts)
             total_cls, cls_loss, replay_loss = gan.balanced_cls_loss(self.ce, logits, real_y, replay_y,
                                                                      self.current_share)
             d_loss = -wasserstein + self.hp.gp_weight * gp + total_cls
-        self.d_optimizer.apply(tape.gradient(d_loss, self.d_vars), self.d_vars)
+            scaled = distribution.scale_loss(d_loss)
+        self.d_optimizer.apply(tape.gradient(scaled, self.d_vars), self.d_vars)
         return dict(d_loss=d_loss, wasserstein=wasserstein, gradient_penalty=gp, cls_loss=cls_loss,
                     replay_cls_loss=replay_loss)
 
-    def generator_step(self, labels, weights):
-        z = keras.random.normal((ops.shape(labels)[0], self.generator.nz), seed=self.seed_gen)
+    def generator_step(self, labels, weights, parts):
+        z = gan.latents(self.generator.nz, parts, self.seed_gen)
         z_align = y_align = None
-        if self.previous is not None:
-            z_align = keras.random.normal((self.hp.replay_batch_size, self.generator.nz), seed=self.seed_gen)
-            y_align = keras.random.randint((self.hp.replay_batch_size,), 0, self.num_past_classes,
-                                           seed=self.seed_gen, dtype="int32")
+        if self.previous is not None:  # replay_batch_size in all, split over the replicas
+            rows = distribution.replica_rows(self.hp.replay_batch_size)
+            z_align = gan.latents(self.generator.nz, rows, self.seed_gen)
+            y_align = distribution.own_rows(lambda n: keras.random.randint(
+                (n,), 0, self.num_past_classes, seed=self.seed_gen, dtype="int32"), rows)
         with tf.GradientTape() as tape:
             losses = self.generator_losses(z, labels, weights, z_align, y_align)
-        self.g_optimizer.apply(tape.gradient(losses["g_loss"], self.g_vars), self.g_vars)
+            scaled = distribution.scale_loss(losses["g_loss"])
+        self.g_optimizer.apply(tape.gradient(scaled, self.g_vars), self.g_vars)
         return losses
 
     def generator_losses(self, z, labels, weights, z_align=None, y_align=None) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from dgm_keras import data, gan, memory, networks
+from dgm_keras import data, distribution, gan, memory, networks
 from dgm_keras.methods import base, supervised
 
 FISHER_EXAMPLES = 1024  # EWC: a seeded subset of the task's images; per-example gradients cost ~2 ms each here
@@ -84,7 +84,8 @@ class ParameterSlots:
 
 def _squared_gradient_sums(disc: networks.Discriminator, params: list):
     """A compiled ``(x, y, w) -> [sum_i w_i (d log p(y_i | x_i) / d theta)^2 per parameter]``,
-    one gradient per example (inference mode)."""
+    one gradient per example (inference mode); under a strategy, each replica sums its share of
+    the examples (``distribution.across_replicas``)."""
 
     @tf.function(reduce_retracing=True)
     def sums(x, y, w):
@@ -97,7 +98,7 @@ def _squared_gradient_sums(disc: networks.Discriminator, params: list):
 
         return [ops.sum(g, axis=0) for g in tf.vectorized_map(one, (x, y, w))]
 
-    return sums
+    return distribution.across_replicas(sums)
 
 
 def empirical_fisher(disc: networks.Discriminator, params: list, arrays: data.SplitArrays,
@@ -144,6 +145,7 @@ class Regularizer:
 
     slot_names: tuple[str, ...] = ("importance", "anchor")
     counter_names: tuple[str, ...] = ()
+    observes_steps = False  # whether ``observe_step`` does anything (it needs the global gradients)
 
     def __init__(self, hp: base.HyperParams):
         self.hp = hp
@@ -214,6 +216,7 @@ class PathIntegral(Regularizer):
     """SI: ``w += -g * delta`` per step; at the task's end ``Omega += w / (Delta^2 + xi)``,
     Delta the task's total move; penalty ``c * sum Omega (theta - theta*)^2``."""
 
+    observes_steps = True
     slot_names = ("importance", "anchor", "path", "task_start")
 
     @property
@@ -277,6 +280,7 @@ class RiemannianWalk(Regularizer):
       replayed batch; theirs has no memory for RWalk.
     """
 
+    observes_steps = True
     slot_names = ("importance", "anchor", "fisher", "grad_squares", "path", "interval_start", "task_scores",
                   "scores")
     counter_names = ("step",)  # steps of the current task: where the intervals close
@@ -356,17 +360,24 @@ class RegularizedTrainer(supervised.ClassifierTrainer):
         return loss, ops.concatenate([y, past_y], 0), logits
 
     def train_step(self, batch):
+        """Under a strategy (``distribution``) both terms are scaled: the penalty, the same on every
+        replica, would otherwise count once per replica in the optimizer's summed gradients. The
+        regulariser observes the global batch's task gradients (the replicas' summed), as on one
+        device: a replica's own are a share of them, and RWalk squares them."""
         reg = self.regularizer
         params = reg.params
         with tf.GradientTape() as tape:
             loss, labels, logits = self.task_loss(batch)
-        task_grads = tape.gradient(loss, params)
+            scaled = distribution.scale_loss(loss)
+        task_grads = tape.gradient(scaled, params)
         with tf.GradientTape() as tape:
             penalty = reg.penalty()
-        penalty_grads = tape.gradient(penalty, params)
+            scaled_penalty = distribution.scale_loss(penalty)
+        penalty_grads = tape.gradient(scaled_penalty, params)
         before = [tf.convert_to_tensor(p) for p in params]
         self.cls_optimizer.apply([g + h for g, h in zip(task_grads, penalty_grads)], params)
-        reg.observe_step(task_grads, before)
+        if reg.observes_steps:
+            reg.observe_step(distribution.sum_over_replicas(task_grads), before)
         self.loss_tracker.update_state(loss)
         self.accuracy.update_state(labels, logits)
         self.penalty_tracker.update_state(penalty)
