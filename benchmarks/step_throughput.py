@@ -55,7 +55,8 @@ def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk
     hp = base.HyperParams(batch_size=FLAGS.batch_size, replay_batch_size=FLAGS.batch_size,
                           steps_per_task=warmup + steps, jit_compile=xla,
                           ngf=6 if mode == "weight" else 20, replay_per_class=256 if not FLAGS.smoke else 8,
-                          s_max=1e4 if mode == "weight" else 1e5, classifier_steps=schedule)
+                          s_max=1e4 if mode == "weight" else 1e5, classifier_steps=schedule,
+                          classifier_data="real")  # the reference code's work: the current task from real images
     method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
     rng = np.random.default_rng(0)
     for _ in range(task - 1):  # past tasks: random masks over free entries, then expansion

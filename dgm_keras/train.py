@@ -64,6 +64,11 @@ def resolve(values: dict, given=()) -> tuple[dict, dict]:
     if values.get("ac_weight") is None:
         values["ac_weight"] = config.default_ac_weight(values["method"], values["classes_per_task"])
         sources["ac_weight"] = f"default of {values['method']} with {values['classes_per_task']} class(es) a task"
+    for name, value in zip(("classifier_steps", "classifier_data"), config.default_classifier_pair(
+            values["classes_per_task"], values["classifier"], values.get("classifier_steps"), values.get("classifier_data"))):
+        if values.get(name) is None:
+            values[name] = value
+            sources[name] = f"default with {values['classes_per_task']} class(es) a task"
     values["data_dir"] = values["data_dir"] or config.default_data_dir()
     values["run_name"] = values["run_name"] or (
         f"{values['dataset']}_{values['method']}_{values['classes_per_task']}cpt_seed{values['seed']}")

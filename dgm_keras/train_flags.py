@@ -119,11 +119,12 @@ _dgm_option("classifier", config.CLASSIFIERS, "DGM's classifier: shared (the cri
             "and a classifier head, the paper) or separate (a network of the same shape with a trunk of its own).")
 _dgm_option("classifier_steps", config.CLASSIFIER_STEPS, "DGM's classifier updates per "
             "iteration: combined (one, on real + replay) or reference (the reference code's t+1 steps of "
-            "--batch_size images at task t).")
+            "--batch_size images at task t). Default by scenario: reference with one class a task, else combined.")
 _dgm_option("classifier_data", config.CLASSIFIER_DATA, "What DGM's classifier steps "
             "learn the current task from, beside the replay: real (its real images, the paper) or generated (the "
             "generator's images of it, so that no class is told apart by looking real; needs the classifier's own "
-            "steps).")
+            "steps). Default by scenario: generated with one class a task (where the classifier takes its own "
+            "steps), else real.")
 _float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
        "--classifier_steps=reference) (> 0).", DGM)
 _rule("c_lr", lambda v: v > 0, "a positive number")
@@ -248,7 +249,8 @@ def _check_strategy(values):
     return True
 
 
-def _check_classifier_data(values):
+def check_classifier_data(values):
+    """(Run again by ``check_flags`` once ``train.resolve`` has filled the defaults by scenario.)"""
     if values["classifier_data"] == "generated" and (values["classifier"], values["classifier_steps"]) == (
             "shared", "combined"):
         raise flags.ValidationError(bad_value(
@@ -269,7 +271,7 @@ flags.register_validator("export_dir", _check_output_dir("export_dir"))
 flags.register_multi_flags_validator(["dataset", "classes_per_task"], _check_split)
 flags.register_multi_flags_validator(["strategy", "method"], _check_strategy)
 flags.register_multi_flags_validator(["restart", "resume_from"], _check_restart)
-flags.register_multi_flags_validator(["classifier_data", "classifier", "classifier_steps"], _check_classifier_data)
+flags.register_multi_flags_validator(["classifier_data", "classifier", "classifier_steps"], check_classifier_data)
 
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",

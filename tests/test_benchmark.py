@@ -81,10 +81,10 @@ def test_bad_methods_flag_is_one_line(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_two_methods_make_a_table(tmp_path, mnist_dir):
+def test_two_methods_make_a_table(tmp_path, mnist_small_dir):
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=joint",
-                           "--classes_per_task=5", "--steps_per_task=30", f"--data_dir={mnist_dir}",
+                           "--classes_per_task=5", "--steps_per_task=30", f"--data_dir={mnist_small_dir}",
                            f"--workdir={tmp_path / 'runs'}", f"--out={out}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -101,7 +101,7 @@ def test_two_methods_make_a_table(tmp_path, mnist_dir):
     assert os.path.exists(os.path.splitext(out)[0] + ".json")
     # A second invocation reuses finished entries (a killed benchmark continues) unless --rerun.
     again = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=joint", "--classes_per_task=5",
-                            "--steps_per_task=30", f"--data_dir={mnist_dir}", f"--workdir={tmp_path / 'runs'}",
+                            "--steps_per_task=30", f"--data_dir={mnist_small_dir}", f"--workdir={tmp_path / 'runs'}",
                             f"--out={tmp_path / 'again.md'}"],
                            capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
     assert again.returncode == 0 and "[joint] reused" in again.stdout
@@ -109,12 +109,12 @@ def test_two_methods_make_a_table(tmp_path, mnist_dir):
         line for line in table.splitlines() if line.startswith("| JT")]
 
 
-def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, mnist_dir):
+def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, mnist_small_dir):
     # benchmarks/gpu_check.sh cannot be run for real without a GPU; --smoke runs every part of it
     # tiny (step throughput, a short run and its seconds a task, the memory line) so the script
     # is known to parse and run.
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
-    env = dict(os.environ, PYTHON=sys.executable, TFDS_DATA_DIR=mnist_dir)  # built (mnist_dir) before it runs
+    env = dict(os.environ, PYTHON=sys.executable, TFDS_DATA_DIR=mnist_small_dir)  # built (mnist_small_dir) before it runs
     proc = subprocess.run([script, "--smoke"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMALL_MNIST
 
 
 def _command(module, *args, cwd=ROOT):
@@ -25,9 +25,9 @@ def _one_line_error(proc, prog):
     return lines[0]
 
 
-def test_evaluate_scores_as_the_run_did(finished_run, mnist_dir, tmp_path):
+def test_evaluate_scores_as_the_run_did(finished_run, mnist_small_dir, tmp_path):
     scores_path = tmp_path / "scores.json"
-    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier'}", f"--data_dir={mnist_dir}",
+    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier'}", f"--data_dir={mnist_small_dir}",
                     f"--json={scores_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = json.loads(scores_path.read_text())
@@ -38,21 +38,21 @@ def test_evaluate_scores_as_the_run_did(finished_run, mnist_dir, tmp_path):
     assert scores["per_task"] == pytest.approx(results["accuracy_matrix"][-1], abs=1e-9)
     assert scores["per_class"] == pytest.approx(results["per_class_accuracy"][-1], abs=1e-9)
     confusion = np.array(scores["confusion"])
-    assert confusion.shape == (10, 10) and confusion.sum() == scores["images"] == 10000
+    assert confusion.shape == (10, 10) and confusion.sum() == scores["images"] == SMALL_MNIST["test"]
     assert np.trace(confusion) / confusion.sum() == pytest.approx(scores["accuracy"])
     assert f"A_10 = {100 * results['A_t'][-1]:.2f}%" in proc.stdout and "confusion matrix" in proc.stdout
     assert proc.stderr.strip() == "", proc.stderr  # no TensorFlow start-up lines
 
 
-def test_evaluate_version_one_knows_five_classes(finished_run, mnist_dir):
-    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier' / '1'}", f"--data_dir={mnist_dir}")
+def test_evaluate_version_one_knows_five_classes(finished_run, mnist_small_dir):
+    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier' / '1'}", f"--data_dir={mnist_small_dir}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"A_5 = {100 * finished_run.results['A_t'][0]:.2f}%" in proc.stdout
 
 
-def test_evaluate_on_validation_scores_as_the_run_did(finished_run, mnist_dir):
+def test_evaluate_on_validation_scores_as_the_run_did(finished_run, mnist_small_dir):
     # --split=validation: the images the run held out of its training split, where settings are chosen.
-    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier'}", f"--data_dir={mnist_dir}",
+    proc = _command("evaluate", f"--model={finished_run.export_root / 'classifier'}", f"--data_dir={mnist_small_dir}",
                     "--split=validation")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"A_10 = {100 * finished_run.results['A_t_validation'][-1]:.2f}% on" in proc.stdout

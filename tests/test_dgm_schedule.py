@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgm_keras import checkpointing, data
+from dgm_keras import checkpointing, config, data
 from dgm_keras.methods import base, dgm
 
 
@@ -98,8 +98,23 @@ def test_classifier_steps_per_iteration(mnist_scenario_data):
         trainer.fit(method.pipeline(2, _part(train, 2, 64)), epochs=1, steps_per_epoch=2, verbose=0)
         assert int(trainer.c_optimizer.iterations) == 2 * want, (classifier, steps)
         assert int(trainer.d_optimizer.iterations) == 2 and int(trainer.g_optimizer.iterations) == 2
-    shared = _after_tasks(train, 2)  # the paper's: no optimizer of its own, the critic step classifies
+    # The paper's pair: no optimizer of its own, the critic step classifies.
+    shared = _after_tasks(train, 2, classifier_steps="combined", classifier_data="real")
     assert shared.trainer.c_optimizer is None and shared.trainer.critic_classifies
+
+
+@pytest.mark.parametrize("classes_per_task, given, want", [
+    (1, {}, ("reference", "generated")), (2, {}, ("combined", "real")), (5, {}, ("combined", "real")),
+    (1, {"classifier_steps": "combined"}, ("combined", "real")),  # generated would need steps of its own
+    (1, {"classifier_steps": "combined", "classifier": "separate"}, ("combined", "generated")),
+    (1, {"classifier_data": "real"}, ("reference", "real")), (2, {"classifier_steps": "reference"}, ("reference", "real"))])
+def test_the_classifier_pair_defaults_by_scenario(classes_per_task, given, want):
+    # Measured (docs/RESULTS.md): generated images of the current task help with one class a task
+    # (always drawn of their class) and fail with several (G(z, y) has yet to learn class y).
+    hp = config.with_method_defaults("dgmw", classes_per_task, base.HyperParams(**given))
+    assert (hp.classifier_steps, hp.classifier_data) == want
+    for name, value in given.items():
+        assert getattr(hp, name) == value
 
 
 def test_separate_classifier_and_critic_train_apart(mnist_scenario_data):

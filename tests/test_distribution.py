@@ -141,7 +141,8 @@ def step_check(data_dir):
     def critic_trainer(synced):
         def make():
             # gp_weight 0: gan.gradient_penalty draws its interpolation weights per replica.
-            hp = config.HyperParams(ngf=4, batch_size=GLOBAL_BATCH)
+            # The paper's combined step: the critic step also trains the classifier head.
+            hp = config.HyperParams(ngf=4, batch_size=GLOBAL_BATCH, classifier_steps="combined", classifier_data="real")
             gen = networks.Generator((16, 8, 4), 10, 1, "weight", name="generator").build_all()
             for norm in gen.task_norms:
                 norm.synchronized = synced
@@ -282,8 +283,8 @@ def test_every_method_takes_a_strategy(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def step_results(mnist_dir):
-    out = _run([os.path.abspath(__file__), "step", mnist_dir])
+def step_results(mnist_small_dir):
+    out = _run([os.path.abspath(__file__), "step", mnist_small_dir])
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
 
 
@@ -355,7 +356,10 @@ AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
 # norm statistics): the same training; only the all-reduce's float summation may differ, and over
 # a run's steps it compounds: measured (dgmw, session 5) accuracy equal, gradient_penalty 1.2e-3
 # apart, the other losses under 1e-3. A wrong loss scale or a replica training alone is O(1).
-MULTIWORKER_AGREEMENT = (0.002, 1e-2)
+# Accuracy: on the tests' small MNIST (conftest.SMALL_MNIST: about 460 test images a task of five
+# classes) one image decided the other way is 0.0022: measured once with the reference classifier
+# schedule (0.2478 against 0.25); two images are allowed.
+MULTIWORKER_AGREEMENT = (0.005, 1e-2)
 
 
 def _finish(procs, timeout=600):
@@ -372,13 +376,13 @@ def _finish(procs, timeout=600):
 
 
 @pytest.fixture(scope="module", params=["finetune", "dgmw"])
-def runs(request, mnist_dir, tmp_path_factory):
+def runs(request, mnist_small_dir, tmp_path_factory):
     """The same short command on 2 CPU replicas (MirroredStrategy) and on one device."""
     method = request.param
     tmp = tmp_path_factory.mktemp(f"runs_{method}")
     out = {"method": method, "tmp": tmp}
     procs = {name: subprocess.Popen(  # side by side: two processes that each keep a core only partly busy
-        [sys.executable, "-m", "dgm_keras.train", *strategy, f"--method={method}", *RUN_FLAGS, f"--data_dir={mnist_dir}",
+        [sys.executable, "-m", "dgm_keras.train", *strategy, f"--method={method}", *RUN_FLAGS, f"--data_dir={mnist_small_dir}",
          f"--workdir={tmp / name / 'run'}", f"--export_dir={tmp / name / 'exports'}"],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, strategy in (("mirrored", ["--strategy=mirrored", "--cpu_replicas=2"]), ("single", []))}
@@ -421,7 +425,7 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def workers(mnist_dir, tmp_path_factory):
+def workers(mnist_small_dir, tmp_path_factory):
     """The mirrored command's dgmw run on two worker processes on 127.0.0.1 (TF_CONFIG,
     --strategy=multiworker, one CPU replica each: the same 2 replicas and global batch)."""
     tmp = tmp_path_factory.mktemp("multiworker")
@@ -431,7 +435,7 @@ def workers(mnist_dir, tmp_path_factory):
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "dgm_keras.train", "--strategy=multiworker", "--method=dgmw", *RUN_FLAGS,
-             f"--data_dir={mnist_dir}", f"--workdir={tmp / f'w{index}' / 'run'}", f"--export_dir={tmp / f'w{index}' / 'exports'}"],
+             f"--data_dir={mnist_small_dir}", f"--workdir={tmp / f'w{index}' / 'run'}", f"--export_dir={tmp / f'w{index}' / 'exports'}"],
             cwd=ROOT, env={**ENV, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     _finish(procs)
     results = []

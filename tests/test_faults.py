@@ -140,19 +140,19 @@ def test_a_truncated_cifar10_archive_is_one_line(tmp_path, keep):
     assert not (data_dir / "cifar10").exists()
 
 
-def _copy_mnist(mnist_dir, tmp_path):
+def _copy_mnist(mnist_small_dir, tmp_path):
     copy = tmp_path / "tfds"
-    shutil.copytree(os.path.join(mnist_dir, "mnist"), copy / "mnist")
+    shutil.copytree(os.path.join(mnist_small_dir, "mnist"), copy / "mnist")
     shards = sorted((copy / "mnist").rglob("mnist-train.tfrecord-*"))
     assert shards
     return copy, shards
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
-def test_a_damaged_tfds_dataset_is_one_line(tmp_path, mnist_dir, damage):
+def test_a_damaged_tfds_dataset_is_one_line(tmp_path, mnist_small_dir, damage):
     from dgm_keras import data  # noqa: PLC0415
 
-    copy, shards = _copy_mnist(mnist_dir, tmp_path)
+    copy, shards = _copy_mnist(mnist_small_dir, tmp_path)
     if damage == "truncate":
         with open(shards[0], "r+b") as f:
             f.truncate(os.path.getsize(shards[0]) // 2)
@@ -164,8 +164,8 @@ def test_a_damaged_tfds_dataset_is_one_line(tmp_path, mnist_dir, damage):
         data.load_scenario_data(scenario, str(copy), 0.15)
 
 
-def test_a_damaged_tfds_dataset_stops_train_with_one_line(tmp_path, mnist_dir):
-    copy, shards = _copy_mnist(mnist_dir, tmp_path)
+def test_a_damaged_tfds_dataset_stops_train_with_one_line(tmp_path, mnist_small_dir):
+    copy, shards = _copy_mnist(mnist_small_dir, tmp_path)
     with open(shards[0], "r+b") as f:
         f.truncate(os.path.getsize(shards[0]) // 2)
     proc = _cli("dgm_keras.train", ["--method=finetune", "--steps_per_task=1", f"--data_dir={copy}", *_paths(tmp_path)])
@@ -194,12 +194,12 @@ def test_a_state_json_with_a_wrong_schema_is_one_line(tmp_path, state, complaint
         checkpointing.RunCheckpoints(str(tmp_path / "work"), {"dataset": "mnist"}).load()
 
 
-def test_a_state_json_with_a_wrong_schema_stops_train(tmp_path, mnist_dir):
+def test_a_state_json_with_a_wrong_schema_stops_train(tmp_path, mnist_small_dir):
     ckpt = tmp_path / "work" / "checkpoints"
     ckpt.mkdir(parents=True)
     (ckpt / "state.json").write_text(json.dumps({"format": 1, "identity": {}, "task_done": "x"}))
     before = _tree(tmp_path)
-    proc = _cli("dgm_keras.train", ["--method=finetune", "--steps_per_task=1", f"--data_dir={mnist_dir}", *_paths(tmp_path)])
+    proc = _cli("dgm_keras.train", ["--method=finetune", "--steps_per_task=1", f"--data_dir={mnist_small_dir}", *_paths(tmp_path)])
     _one_line(proc, f"train: {ckpt / 'state.json'} is corrupt (ValueError:")
     assert _tree(tmp_path) == before and not (tmp_path / "exp").exists()
 
@@ -214,10 +214,10 @@ def test_the_imagenet50_advice_is_a_command_that_works():
         assert f"prepare_data --dataset={dataset} --source=PATH" in data.offline_advice(dataset, "/d")
 
 
-def test_ctrl_c_is_one_line_that_says_where_the_run_resumes(tmp_path, mnist_dir):
+def test_ctrl_c_is_one_line_that_says_where_the_run_resumes(tmp_path, mnist_small_dir):
     work = tmp_path / "work"
     args = ["--method=finetune", "--steps_per_task=60", "--checkpoint_every=20",
-            f"--data_dir={mnist_dir}", *_paths(tmp_path)]
+            f"--data_dir={mnist_small_dir}", *_paths(tmp_path)]
     # Ctrl-C as in a terminal, even where pytest itself was started with SIGINT ignored (a shell's
     # background job): the child would inherit that and never see the signal.
     proc = subprocess.Popen([sys.executable, "-m", "dgm_keras.train", *args], stdout=subprocess.PIPE,

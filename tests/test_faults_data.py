@@ -81,10 +81,10 @@ def _versions(export_root, model="classifier"):
 
 # 1. Two runs with the same run name write into one export folder.
 
-def test_export_folder_belongs_to_the_run_that_wrote_it(tmp_path, mnist_dir):
+def test_export_folder_belongs_to_the_run_that_wrote_it(tmp_path, mnist_small_dir):
     from dgm_keras import runfolders
 
-    results = _run(_flags(tmp_path, mnist_dir))
+    results = _run(_flags(tmp_path, mnist_small_dir))
     export_root = tmp_path / "exp" / "r"
     assert _versions(export_root) == ["1", "2"] and results["complete"]
     with open(export_root / "run.json") as f:
@@ -92,7 +92,7 @@ def test_export_folder_belongs_to_the_run_that_wrote_it(tmp_path, mnist_dir):
     before = _tree(tmp_path)
 
     # Another run (more steps, its own workdir) under the same name: refused before training.
-    code, last, _ = _cli(_flags(tmp_path, mnist_dir, workdir="other", steps_per_task=6))
+    code, last, _ = _cli(_flags(tmp_path, mnist_small_dir, workdir="other", steps_per_task=6))
     assert code == 1
     assert last == (f"train: {export_root} holds the exports of another run (checkpoints in {tmp_path / 'work'}; "
                     f"steps_per_task=4 there, 6 now (1 setting(s) differ)); use another --run_name or --export_dir, "
@@ -101,17 +101,17 @@ def test_export_folder_belongs_to_the_run_that_wrote_it(tmp_path, mnist_dir):
 
     # Same flags, another workdir: still another run (its versions would replace this one's).
     with pytest.raises(runfolders.FolderError, match=r"holds the exports of another run \(checkpoints in \S+/work\); "):
-        _run(_flags(tmp_path, mnist_dir, workdir="other"))
+        _run(_flags(tmp_path, mnist_small_dir, workdir="other"))
     assert _tree(tmp_path) == before and not (tmp_path / "other").exists()
 
 
 # 2. An export folder that passes the flag check but cannot be written; a failed export.
 
 @pytest.mark.parametrize("flag", ["workdir", "export_dir"])
-def test_unwritable_folder_is_refused_before_training(tmp_path, mnist_dir, flag):
+def test_unwritable_folder_is_refused_before_training(tmp_path, mnist_small_dir, flag):
     if not os.path.isdir("/sys/kernel") or not os.access("/sys/kernel", os.W_OK):
         pytest.skip("needs /sys/kernel to pass check_flags' access test (as root) and refuse writes")
-    flags = _flags(tmp_path, mnist_dir)
+    flags = _flags(tmp_path, mnist_small_dir)
     flags[flag] = "/sys/kernel/dgm_faults_test"
     shown = flags[flag] if flag == "workdir" else os.path.join(flags[flag], "r")
     before = _tree(tmp_path)
@@ -122,7 +122,7 @@ def test_unwritable_folder_is_refused_before_training(tmp_path, mnist_dir, flag)
     assert _tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == []
 
 
-def test_failed_export_keeps_the_task_and_a_rerun_exports_it(tmp_path, mnist_dir, monkeypatch):
+def test_failed_export_keeps_the_task_and_a_rerun_exports_it(tmp_path, mnist_small_dir, monkeypatch):
     from dgm_keras import export, runfolders
 
     real = export.export_classifier
@@ -132,7 +132,7 @@ def test_failed_export_keeps_the_task_and_a_rerun_exports_it(tmp_path, mnist_dir
             raise PermissionError(13, "Permission denied", model_dir)
         return real(model, classify, scenario, task, channels, model_dir)
 
-    flags = _flags(tmp_path, mnist_dir)
+    flags = _flags(tmp_path, mnist_small_dir)
     monkeypatch.setattr(export, "export_classifier", failing)
     with pytest.raises(runfolders.FolderError) as err:
         _run(flags)
@@ -156,7 +156,7 @@ class _Killed(Exception):
     pass
 
 
-def test_corrupt_newest_checkpoint_offers_and_uses_the_previous(tmp_path, mnist_dir, monkeypatch):
+def test_corrupt_newest_checkpoint_offers_and_uses_the_previous(tmp_path, mnist_small_dir, monkeypatch):
     from dgm_keras import checkpointing
 
     real = checkpointing.RunCheckpoints.save_step
@@ -166,7 +166,7 @@ def test_corrupt_newest_checkpoint_offers_and_uses_the_previous(tmp_path, mnist_
         if task == 1:
             raise _Killed()  # a kill right after task 2's step-2 checkpoint
 
-    flags = _flags(tmp_path, mnist_dir)
+    flags = _flags(tmp_path, mnist_small_dir)
     monkeypatch.setattr(checkpointing.RunCheckpoints, "save_step", save_then_die)
     with pytest.raises(_Killed):
         _run(flags)
@@ -195,8 +195,8 @@ def test_corrupt_newest_checkpoint_offers_and_uses_the_previous(tmp_path, mnist_
 
 # 4. A NaN stop says what is kept, and --restart lets a lower learning rate start over.
 
-def test_nan_before_any_checkpoint_says_nothing_is_kept_and_a_rerun_may_change_flags(tmp_path, mnist_dir):
-    code, last, _ = _cli(_flags(tmp_path, mnist_dir, d_lr=1e30, checkpoint_every=0))
+def test_nan_before_any_checkpoint_says_nothing_is_kept_and_a_rerun_may_change_flags(tmp_path, mnist_small_dir):
+    code, last, _ = _cli(_flags(tmp_path, mnist_small_dir, d_lr=1e30, checkpoint_every=0))
     assert code == 1
     assert last.startswith("train: task 1: ") and re.search(r" = nan (at step \d+|in steps \d+-\d+) of the task;", last)
     assert last.endswith("; the run stopped before its first checkpoint, so nothing is kept; lower the learning rates "
@@ -204,14 +204,14 @@ def test_nan_before_any_checkpoint_says_nothing_is_kept_and_a_rerun_may_change_f
     assert sorted(os.listdir(tmp_path)) == ["work"]  # only its own folder: state.json, no checkpoint
     assert sorted(os.listdir(tmp_path / "work" / "checkpoints")) == ["state.json"]
     # Nothing to resume, so the rerun with a sane learning rate needs no --restart.
-    results = _run(_flags(tmp_path, mnist_dir, checkpoint_every=0))
+    results = _run(_flags(tmp_path, mnist_small_dir, checkpoint_every=0))
     assert results["complete"] and results["resumed_at"] == []
 
 
-def test_nan_after_a_checkpoint_names_restart_which_starts_over(tmp_path, mnist_dir, monkeypatch):
+def test_nan_after_a_checkpoint_names_restart_which_starts_over(tmp_path, mnist_small_dir, monkeypatch):
     from dgm_keras import runner
 
-    flags = _flags(tmp_path, mnist_dir)
+    flags = _flags(tmp_path, mnist_small_dir)
     poison_second_task(monkeypatch)
     with pytest.raises(runner.TrainingDiverged) as err:
         _run(flags)
@@ -248,9 +248,9 @@ def test_nan_after_a_checkpoint_names_restart_which_starts_over(tmp_path, mnist_
 
 # 5. A run that diverges while staying finite ends at chance: a warning, recorded in results.json.
 
-def test_task_ending_near_chance_is_warned(tmp_path, mnist_dir):
+def test_task_ending_near_chance_is_warned(tmp_path, mnist_small_dir):
     lines = []
-    results = _run(_flags(tmp_path, mnist_dir, classes_per_task=10, d_lr=100.0), lines)
+    results = _run(_flags(tmp_path, mnist_small_dir, classes_per_task=10, d_lr=100.0), lines)
     (warning,) = results["warnings"]
     assert warning.startswith("warning: task 1 ends near chance on its own classes: ")
     assert warning.endswith("% (chance 10.00%, warned at <= 1.5x); the training diverged or was far too short: "

@@ -66,16 +66,16 @@ def _stop(proc):
         proc.wait()
 
 
-def test_kill_at_three_points_then_resume_equals_uninterrupted(tmp_path, mnist_dir, request):
+def test_kill_at_three_points_then_resume_equals_uninterrupted(tmp_path, mnist_small_dir, request):
     ref = tmp_path / "ref"
     ref.mkdir()
     # The uninterrupted run goes on beside the interrupted ones (its own folders; the second core).
     with open(ref / "stderr.txt", "w") as ref_err:
-        reference = subprocess.Popen(_cmd(ref, mnist_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=ref_err)
+        reference = subprocess.Popen(_cmd(ref, mnist_small_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=ref_err)
     request.addfinalizer(lambda: _stop(reference))
 
     run = tmp_path / "run"
-    cmd = _cmd(run, mnist_dir)
+    cmd = _cmd(run, mnist_small_dir)
 
     def mid_task(task):
         return lambda: (_state(run) or {}).get("step") and _state(run)["step"]["task"] == task
@@ -139,13 +139,13 @@ def _tree(path):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, mnist_dir):
+def finished(tmp_path_factory, mnist_small_dir):
     """A finished two-task fine-tuning run whose checkpoints the tests below damage (on copies)."""
     from dgm_keras import runner
 
     tmp = tmp_path_factory.mktemp("finished")
     with reading_mnist_once():
-        runner.run(_cfg(tmp, mnist_dir), log=lambda *_: None)
+        runner.run(_cfg(tmp, mnist_small_dir), log=lambda *_: None)
     return tmp
 
 
@@ -161,14 +161,14 @@ def _copy(finished, tmp_path):
     return tmp_path
 
 
-def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_dir):
+def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_small_dir):
     import numpy as np
     import tensorflow as tf
 
     from dgm_keras import checkpointing, data, runner
     from dgm_keras.methods import make_method
 
-    cfg = _cfg(finished, mnist_dir)
+    cfg = _cfg(finished, mnist_small_dir)
     ckpts = checkpointing.RunCheckpoints(cfg.workdir, runner.run_identity(cfg))
     state = ckpts.load()
     scenario = data.make_scenario("mnist", 5)
@@ -193,32 +193,32 @@ def test_restore_of_a_task_checkpoint_is_exact(finished, tmp_path, mnist_dir):
     ("other_method", r"belongs to another run: method='finetune' there, 'joint' now"),
     ("other_lr", r"belongs to another run: d_lr=0.002 there, 0.01 now"),
 ])
-def test_bad_checkpoints_are_refused_and_left_alone(finished, tmp_path, mnist_dir, damage, pattern, mnist_read_once):
+def test_bad_checkpoints_are_refused_and_left_alone(finished, tmp_path, mnist_small_dir, damage, pattern, mnist_read_once):
     from dgm_keras import checkpointing, runner
 
     run = _copy(finished, tmp_path)
     ckpt_dir = run / "work" / "checkpoints"
-    cfg = _cfg(run, mnist_dir)
+    cfg = _cfg(run, mnist_small_dir)
     if damage == "state_json":
         (ckpt_dir / "state.json").write_text('{"task_done": 0, "identity": {')
     elif damage == "truncated":
         data_file = ckpt_dir / "tasks" / "task-0.data-00000-of-00001"
         data_file.write_bytes(data_file.read_bytes()[:100])
     elif damage == "other_method":
-        cfg = _cfg(run, mnist_dir, method="joint")
+        cfg = _cfg(run, mnist_small_dir, method="joint")
         cfg.method = "joint"
     elif damage == "other_lr":
-        cfg = _cfg(run, mnist_dir, d_lr=0.01)
+        cfg = _cfg(run, mnist_small_dir, d_lr=0.01)
     before = _tree(run)
     with pytest.raises(checkpointing.CheckpointError, match=pattern):
         runner.run(cfg, log=lambda *_: None)
     assert _tree(run) == before  # nothing overwritten, nothing added
 
 
-def test_cli_reports_a_foreign_checkpoint_in_one_line(finished, tmp_path, mnist_dir):
+def test_cli_reports_a_foreign_checkpoint_in_one_line(finished, tmp_path, mnist_small_dir):
     run = _copy(finished, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.train", "--method=joint", "--classes_per_task=5",
-                           "--steps_per_task=5", f"--data_dir={mnist_dir}", f"--workdir={run}/work",
+                           "--steps_per_task=5", f"--data_dir={mnist_small_dir}", f"--workdir={run}/work",
                            f"--export_dir={run}/exp", "--run_name=r"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1
@@ -226,13 +226,13 @@ def test_cli_reports_a_foreign_checkpoint_in_one_line(finished, tmp_path, mnist_
     assert last.startswith("train: the checkpoint in ") and "belongs to another run: method='finetune' there" in last
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, mnist_read_once):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_small_dir, monkeypatch, mnist_read_once):
     from dgm_keras import runner
 
     poison_second_task(monkeypatch)
     with pytest.raises(runner.TrainingDiverged, match=r"task 2: cls_loss = nan in steps 1-2 of the task; the run stopped "
                                                       r"and its last good checkpoint \(end of task 1\) is kept"):
-        runner.run(_cfg(tmp_path, mnist_dir), log=lambda *_: None)
+        runner.run(_cfg(tmp_path, mnist_small_dir), log=lambda *_: None)
     state = _state(tmp_path)
     assert state["task_done"] == 0 and state["step"] is None
     with open(tmp_path / "work" / "results.json") as f:

@@ -110,7 +110,7 @@ def test_methods_fill_their_own_ac_default_when_built_directly():
     assert make_method("mergan", one, 1, dataclasses.replace(hp, ac_weight=0.5)).hp.ac_weight == 0.5
 
 
-def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_dir):
+def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_small_dir):
     env = dict(os.environ, PYTHONPATH=ROOT)
     # What the first lines say for CIFAR-10 (train prints describe_settings before anything is read).
     text = train.describe_settings(*_resolve(tmp_path, dataset="cifar10", seed=2))
@@ -120,7 +120,7 @@ def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_dir
     # A short run records the file and the source of every value.
     work = tmp_path / "w"
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.train", "--method=joint", "--classes_per_task=5",
-                           "--steps_per_task=2", f"--data_dir={mnist_dir}", f"--workdir={work}",
+                           "--steps_per_task=2", f"--data_dir={mnist_small_dir}", f"--workdir={work}",
                            f"--export_dir={tmp_path / 'e'}", "--d_lr=1e-3"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -203,9 +203,11 @@ class DGMTrainer(gan.GANTrainer):
             x, y = ops.concatenate([real_x, replay_x], 0), ops.concatenate([real_y, replay_y], 0)
             order = keras.random.shuffle(ops.arange(ops.shape(y)[0]), seed=self.seed_gen)
             x, y = ops.take(x, order, axis=0), ops.take(y, order, axis=0)
-            size = self.hp.batch_size
-            chunks = [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size], None)
-                      for i in range(self.reference_steps())]
+            # t+1 equal chunks of what this replica holds: batch_size images each on one device; under
+            # a strategy each replica holds its share of every part, so its chunks are as many, smaller.
+            steps = self.reference_steps()
+            size = (ops.shape(y)[0] + steps - 1) // steps
+            chunks = [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size], None) for i in range(steps)]
         losses = []
         for x, y, replay_part in chunks:
             with tf.GradientTape() as tape:
