@@ -156,8 +156,8 @@ def default_classifier_pair(classes_per_task: int, classifier: str, steps: str |
     +- 4.80 against 73.13 +- 2.13 for the paper's pair, higher at each of 3 seeds. With several
     classes a task G(z, y) must learn to draw class y first, and the classifier learned little from
     it: MNIST 5x2, validation A5 43.09 against the paper's pair's 85.93 (seed 0; docs/RESULTS.md,
-    "The classifier learns from generated images"). So: reference + generated with one class a task, else the
-    paper's combined + real. A given value is kept; ``data`` defaults to real wherever generated
+    "The classifier learns from generated images"). So: reference + generated with one class a
+    task, else the paper's combined + real. A given value is kept; ``data`` defaults to real wherever generated
     would need steps of the classifier's own that the schedule does not take."""
     one = classes_per_task == 1
     steps = steps or ("reference" if one else "combined")

@@ -357,8 +357,8 @@ AGREEMENT = {"finetune": (0.002, 1e-3), "dgmw": (0.05, 0.05)}
 # a run's steps it compounds: measured (dgmw, session 5) accuracy equal, gradient_penalty 1.2e-3
 # apart, the other losses under 1e-3. A wrong loss scale or a replica training alone is O(1).
 # Accuracy: on the tests' small MNIST (conftest.SMALL_MNIST: about 460 test images a task of five
-# classes) one image decided the other way is 0.0022: measured once with the reference classifier
-# schedule (0.2478 against 0.25); two images are allowed.
+# classes) one image decided the other way is 0.0022: measured once (0.2478 against 0.25); two
+# images are allowed.
 MULTIWORKER_AGREEMENT = (0.005, 1e-2)
 
 

@@ -32,8 +32,7 @@ def test_joint_training_learns_real_mnist(tmp_path, mnist_dir):
 
 
 def test_dgmw_run_writes_everything(finished_run):
-    # The shared run (conftest.finished_run): --method=dgmw --classes_per_task=5 --steps_per_task=15 --ngf=4
-    # --classifier_steps=combined --classifier_data=real.
+    # The shared run (conftest.finished_run): --method=dgmw --classes_per_task=5 --steps_per_task=15 --ngf=4.
     res, workdir, export_root = finished_run.results, finished_run.workdir, finished_run.export_root
     assert res["hyperparameters"]["steps_per_task"] == 15 and res["hyperparameters"]["ngf"] == 4
     assert res["complete"] is True
