@@ -45,8 +45,9 @@ def _one_step(strategy, make_trainer, batch):
     return before, [np.array(v.numpy()) for v in watched], {k: float(v[-1]) for k, v in history.history.items()}
 
 
-def _compare(make_trainer, batch, single, mirrored):
-    b1, a1, logs1 = _one_step(single, make_trainer, batch)
+def _compare(make_trainer, batch, single, mirrored, one_device=None):
+    """One step on one device (or ``one_device``, such a step already taken) against 2 replicas."""
+    b1, a1, logs1 = one_device or _one_step(single, make_trainer, batch)
     b2, a2, logs2 = _one_step(mirrored, make_trainer, batch)
     return {"same_start": all(np.array_equal(x, y) for x, y in zip(b1, b2)),
             "moved": max(float(np.abs(x - y).max()) for x, y in zip(a1, b1)),
@@ -119,7 +120,8 @@ def step_check(data_dir):
     from dgm_keras.methods import dgm, supervised  # noqa: PLC0415
 
     scenario = data.make_scenario("mnist", 5, class_names=data.label_names("mnist", data_dir))
-    train = data.load_scenario_data(scenario, data_dir, 0.15).train.of_classes(scenario.task_classes(0))
+    full = data.load_scenario_data(scenario, data_dir, 0.15).train  # read once: baseline_checks takes it too
+    train = full.of_classes(scenario.task_classes(0))
     batch = (train.images[:GLOBAL_BATCH], train.labels[:GLOBAL_BATCH])
     single, mirrored = tf.distribute.get_strategy(), distribution.make_strategy("mirrored")
     out = {"replicas": mirrored.num_replicas_in_sync}
@@ -152,23 +154,25 @@ def step_check(data_dir):
             return trainer, disc.trainable_variables
         return make
 
-    out["critic_synced_bn"] = _compare(critic_trainer(True), batch, single, mirrored)
-    out["critic_replica_bn"] = _compare(critic_trainer(False), batch, single, mirrored)
-    out.update(baseline_checks(scenario, data_dir, single, mirrored))
+    # One device holds the whole batch, so synced or not its statistics are the whole batch's:
+    # both 2-replica runs are compared with the same one-device step (taken once).
+    whole_batch = _one_step(single, critic_trainer(True), batch)
+    out["critic_synced_bn"] = _compare(critic_trainer(True), batch, single, mirrored, whole_batch)
+    out["critic_replica_bn"] = _compare(critic_trainer(False), batch, single, mirrored, whole_batch)
+    out.update(baseline_checks(scenario, full, single, mirrored))
     print("RESULT " + json.dumps(out))
 
 
-def baseline_checks(scenario, data_dir, single, mirrored, only=()):
+def baseline_checks(scenario, full, single, mirrored, only=()):
     """The baselines at their second task (a past task behind them, so their regulariser,
     distillation or replay is on), on one device and on 2 replicas: each case's setup (what the
     method computes when a task begins), its variables and statistics after the steps, and its
-    work at the task's end. SGD, as above; 8 images of each class (tasks of 40)."""
+    work at the task's end. SGD, as above; 8 images of each class (tasks of 40) of ``full``, the
+    scenario's training split."""
     import keras  # noqa: PLC0415
 
     from dgm_keras import config, data  # noqa: PLC0415
     from dgm_keras.methods import make_method  # noqa: PLC0415
-
-    full = data.load_scenario_data(scenario, data_dir, 0.15).train
 
     def task_data(task):
         parts = [full.of_classes(range(c, c + 1)) for c in scenario.task_classes(task)]
