@@ -3,6 +3,8 @@
 #   1. step throughput of DGMw and DGMa, MNIST and CIFAR-10 shapes, XLA off and on, tasks 1
 #      and 10, the reference classifier schedule, chunks of 1 and 50 steps a compiled call (benchmarks/step_throughput.py), with
 #      each configuration's peak GPU memory;
+#   1b. a whole task of the main command (MNIST 10x1, defaults) at tasks 1 and 10, by part:
+#      replay draw, iterations with the epoch-end scoring, task end, evaluation, exports;
 #   2. a short CIFAR-10 DGMw run (5 tasks of 2 classes, --steps_per_task steps each): its
 #      seconds a task, from results.json;
 #   3. the peak GPU memory over everything (nvidia-smi, sampled every second; TensorFlow
@@ -48,6 +50,9 @@ if [[ $SMOKE == 1 ]]; then
 else
   "$PY" benchmarks/step_throughput.py --modes=weight,activation --shapes=mnist,cifar10 --xla=false,true \
     --tasks=1,10 --schedules=reference --steps_per_execution=1,50 --steps=100 --warmup=50
+  echo "== 1b. a whole task of the main command (MNIST, the defaults) at tasks 1 and 10, by part"
+  "$PY" benchmarks/step_throughput.py --modes=weight --shapes=mnist --xla=true --tasks=1,10 --schedules=reference \
+    --steps=10 --warmup=5 --whole_task "--data_dir=$DATA_DIR"
 fi
 
 echo "== 2. a short DGMw run: seconds a task"

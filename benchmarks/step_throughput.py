@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("modes", ["weight", "activation"], "weight (DGMw), activation (DGMa).")
 flags.DEFINE_list("shapes", ["mnist", "cifar10"], "mnist (32x32x1), cifar10 (32x32x3).")
 flags.DEFINE_list("xla", ["false", "true"], "jit_compile settings to measure.")
-flags.DEFINE_list("tasks", ["1", "10"], "Task numbers to measure (1-based).")
+flags.DEFINE_list("tasks", ["1", "2", "10"], "Task numbers to measure (1-based).")
 flags.DEFINE_list("schedules", ["combined", "reference"], "DGM's classifier schedules (--classifier_steps): combined "
                   "(one D step an iteration) or reference (the reference code's t+1 classifier steps plus the critic step).")
 flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
@@ -42,8 +42,63 @@ flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
 flags.DEFINE_float("reserved", 0.5, "Share of free entries each simulated past task reserves.")
 flags.DEFINE_bool("breakdown", False, "Also time the critic step and the generator step alone (not XLA).")
 flags.DEFINE_list("steps_per_execution", ["10"], "Steps per compiled call to measure (dgm_keras.chunks).")
+flags.DEFINE_bool("whole_task", False, "Also time a whole task of the main command (DGMw, MNIST 10x1, the defaults, "
+                  "real data) at each of --tasks: the replay drawn at its start, its iterations with the epoch-end "
+                  "validation scoring, its end (averages, expansion), the test evaluation and the two exports.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir holding MNIST, for --whole_task (default: train's).")
 flags.DEFINE_bool("smoke", False, "Tiny and fast (batch 8, 2 timed steps, widths as given): checks the script, "
                   "measures nothing.")
+
+
+def simulate_past_tasks(method, task: int, rng) -> None:
+    """Brings ``method``'s generator to task ``task``: for each past task, masks that reserve
+    ``--reserved`` of each layer's free entries, then the expansion a real task end makes."""
+    from dgm_keras import expansion  # noqa: PLC0415
+
+    for _ in range(task - 1):
+        for layer in method.gen.masked_layers:
+            free = {k: 1 - r.numpy() for k, r in layer.reserved().items()}
+            for name, e in layer.embeddings.items():
+                take = (rng.random(e.shape) < FLAGS.reserved) & (free[name] > 0)
+                e.assign(np.where(take, 1.0, -1.0).astype(np.float32))
+        method.gen = expansion.expand_generator(method.gen)
+
+
+def whole_task(task: int, splits, scenario) -> dict:
+    """Seconds of each part of one task of the main command, as ``runner`` runs it (without
+    checkpoints and TensorBoard): a task costs more than its iterations."""
+    import tempfile  # noqa: PLC0415
+
+    import dataclasses  # noqa: PLC0415
+
+    from dgm_keras import config, evaluation, export, monitoring  # noqa: PLC0415
+    from dgm_keras.methods import dgm  # noqa: PLC0415
+
+    hp = dataclasses.replace(config.with_method_defaults("dgmw", 1, config.HyperParams()),
+                             jit_compile=config.use_xla("auto"))  # as the command resolves its default
+    method = dgm.DGM(scenario, 1, hp, mask_mode="weight")
+    simulate_past_tasks(method, task, np.random.default_rng(0))
+    train, t = splits.train.of_classes(scenario.task_classes(task - 1)), task - 1
+    parts, clock = {}, time.perf_counter
+
+    def timed(name, fn):
+        start = clock()
+        out = fn()
+        parts[name] = clock() - start
+        return out
+
+    timed("task start (replay draw)", lambda: method.begin_task(t, train))
+    selector = monitoring.ValidationSelector(method.classifier, splits.validation, splits.test, scenario, t)
+    timed("iterations + epoch-end scoring", lambda: method.train_task(t, train, [selector]))
+    timed("task end (averages, expansion)", lambda: method.end_task(t))
+    timed("test evaluation", lambda: evaluation.evaluate_after_task(method.classifier(), splits.test, scenario, t))
+    with tempfile.TemporaryDirectory() as out:
+        timed("exports", lambda: (
+            export.export_classifier(method.classifier_model(), method.classifier(), scenario, t, 1, f"{out}/c"),
+            export.export_generator(method.generator(), scenario, t, f"{out}/g")))
+    epochs, steps = method.task_steps(train)
+    return {"parts": parts, "steps": epochs * steps, "replay": method.replay_counts[-1],
+            "schedule": f"{hp.classifier_steps}+{hp.classifier_data}"}
 
 
 def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk: int) -> tuple[float, float, dict]:
@@ -59,13 +114,7 @@ def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk
                           classifier_data="real")  # the reference code's work: the current task from real images
     method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
     rng = np.random.default_rng(0)
-    for _ in range(task - 1):  # past tasks: random masks over free entries, then expansion
-        for layer in method.gen.masked_layers:
-            free = {k: 1 - r.numpy() for k, r in layer.reserved().items()}
-            for name, e in layer.embeddings.items():
-                take = (rng.random(e.shape) < FLAGS.reserved) & (free[name] > 0)
-                e.assign(np.where(take, 1.0, -1.0).astype(np.float32))
-        method.gen = expansion.expand_generator(method.gen)
+    simulate_past_tasks(method, task, rng)
     images = rng.uniform(-1, 1, (FLAGS.batch_size * 8, 32, 32, channels)).astype(np.float32)
     train = data.SplitArrays(images, np.full(len(images), task - 1, np.int32))
     method.begin_task(task - 1, train)
@@ -116,6 +165,9 @@ def part_times(trainer, batch) -> dict:
 
 def main(argv):
     del argv
+    from dgm_keras import quiet  # noqa: PLC0415
+
+    quiet.tensorflow_imported()  # the table without TensorFlow's start-up notices or TFDS's INFO lines
     if FLAGS.smoke:
         FLAGS.batch_size, FLAGS.steps, FLAGS.warmup = 8, 2, 1
         FLAGS.steps_per_execution = ["1"]
@@ -134,6 +186,18 @@ def main(argv):
               f"{peak:>12s}  {info['widths']}", flush=True)
         if "parts" in info:
             print("       critic step {critic:.4f} s, generator step {generator:.4f} s".format(**info["parts"]), flush=True)
+    if FLAGS.whole_task:
+        from dgm_keras import config, data  # noqa: PLC0415
+
+        scenario, data_dir = data.make_scenario("mnist", 1), FLAGS.data_dir or config.default_data_dir()
+        data.ensure_prepared("mnist", data_dir, None)  # built offline where missing, as train does
+        splits = data.load_scenario_data(scenario, data_dir, 0.1)
+        print("\nwhole task of the main command (DGMw, MNIST 10x1, defaults), seconds:")
+        for task in sorted({int(t) for t in FLAGS.tasks}):
+            out = whole_task(task, splits, scenario)
+            parts = "  ".join(f"{k} {v:.1f}" for k, v in out["parts"].items())
+            print(f"task {task:2d} ({out['schedule']}, {out['steps']} iterations, {out['replay']} replayed images): "
+                  f"total {sum(out['parts'].values()):.1f}  {parts}", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,15 +90,6 @@ def describe_settings(values: dict, origin: dict) -> str:
     return "\n".join(lines)
 
 
-def use_xla(setting: str) -> bool:
-    """XLA where it measures faster: on GPUs; on this CPU at DGM's widths it was about 3x slower."""
-    if setting != "auto":
-        return setting == "true"
-    import tensorflow as tf  # noqa: PLC0415
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def check_run_flags(values: dict) -> None:
     """Whether the run's folders can be written (a probe file written and removed: a folder
     that passes check_flags may still refuse, e.g. under /sys)."""
@@ -147,7 +138,7 @@ def start(values: dict, origin: dict) -> None:
     keras.utils.set_random_seed(values["seed"])
     hp = config.HyperParams(**{f.name: values[f.name] for f in dataclasses.fields(config.HyperParams)
                                if f.name in values and f.name != "jit_compile"},
-                            jit_compile=use_xla(values["jit_compile"]))
+                            jit_compile=config.use_xla(values["jit_compile"]))
     cfg = runner.RunConfig(
         dataset=values["dataset"], method=values["method"], classes_per_task=values["classes_per_task"],
         class_order=values["class_order"], validation_fraction=values["validation_fraction"],

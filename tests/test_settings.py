@@ -25,12 +25,13 @@ def _resolve(tmp_path, **given):
     return train.resolve(values, given=set(given) | set(paths))
 
 
-@pytest.mark.parametrize("dataset,file", [("cifar10", "flags/cifar10_dgmw.cfg"),
-                                          ("svhn_cropped", "flags/svhn_cropped_dgmw.cfg")])
-def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file):
+@pytest.mark.parametrize("dataset,file,sparsity", [("cifar10", "flags/cifar10_dgmw.cfg", 8.0),
+                                                   ("svhn_cropped", "flags/svhn_cropped_dgmw.cfg", 0.001)])
+def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, sparsity):
     values, origin = _resolve(tmp_path, dataset=dataset)
     assert origin["file"] == file
-    assert values["g_lr"] == values["d_lr"] == 5e-4 and values["sparsity_weight"] == 0.001
+    assert values["g_lr"] == values["d_lr"] == 5e-4 and values["sparsity_weight"] == sparsity
+    assert origin["sources"]["sparsity_weight"] == file
     assert values["epochs_per_task"] == 5
     assert origin["sources"]["g_lr"] == file and origin["sources"]["ngf"] == "default"
     assert origin["sources"]["dataset"] == "command line"
@@ -115,7 +116,7 @@ def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_sma
     # What the first lines say for CIFAR-10 (train prints describe_settings before anything is read).
     text = train.describe_settings(*_resolve(tmp_path, dataset="cifar10", seed=2))
     assert text.splitlines()[0].endswith("settings flags/cifar10_dgmw.cfg")
-    assert "from flags/cifar10_dgmw.cfg: " in text and "g_lr=0.0005" in text and "sparsity_weight=0.001" in text
+    assert "from flags/cifar10_dgmw.cfg: " in text and "g_lr=0.0005" in text and "sparsity_weight=8.0" in text
     assert text.splitlines()[-1] == "  from the command line: dataset=cifar10 seed=2"
     # A short run records the file and the source of every value.
     work = tmp_path / "w"
