@@ -67,9 +67,8 @@ def simulate_past_tasks(method, task: int, rng) -> None:
 def whole_task(task: int, splits, scenario) -> dict:
     """Seconds of each part of one task of the main command, as ``runner`` runs it (without
     checkpoints and TensorBoard): a task costs more than its iterations."""
-    import tempfile  # noqa: PLC0415
-
     import dataclasses  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
 
     from dgm_keras import config, evaluation, export, monitoring  # noqa: PLC0415
     from dgm_keras.methods import dgm  # noqa: PLC0415
