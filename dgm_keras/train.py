@@ -27,11 +27,13 @@ def resolve(values: dict, given=()) -> tuple[dict, dict]:
 
     Three layers, the later winning: the defaults (``config.HyperParams`` and the flag
     definitions), the settings file of (dataset, settings key) (``dgm_keras/settings.py``), and
-    the flags in ``given`` (what the user typed, flagfiles included). Then the defaults that
-    depend on other values (the method's AC weight, paths, the run name). Returns
+    the flags in ``given`` (what the user typed, flagfiles included: a set, or ``given_sources``'
+    mapping to the file each came from). Then the defaults that depend on other values (the
+    method's AC weight, paths, the run name). Returns
     ``(values, {"file": ..., "sources": {flag: "default" | file | "command line"}})``."""
     values = dict(values)
-    sources = {name: "command line" if name in given else "default" for name in values}
+    named = given if isinstance(given, dict) else {}
+    sources = {name: named.get(name, "command line") if name in given else "default" for name in values}
     file = None
     if values["dataset"] in config.DATASETS and values["method"] in config.METHOD_NAMES:
         key = values.get("settings") or values["method"]
@@ -86,6 +88,9 @@ def describe_settings(values: dict, origin: dict) -> str:
              f"settings {origin['file']}"]
     if origin["file"]:
         lines.append(f"  from {origin['file']}: {listed(origin['file'])}")
+    given_files = sorted({s for s in origin["sources"].values()
+                          if s not in ("default", "command line", origin["file"]) and s.endswith(".cfg")})
+    lines += [f"  from {file} (--flagfile): {listed(file)}" for file in given_files]
     lines.append(f"  from the command line: {listed('command line')}")
     return "\n".join(lines)
 
@@ -106,8 +111,9 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"train: unexpected arguments {argv[1:]}; pass everything as --flags")
     try:
+        typed = given_sources(sys.argv)
         values, origin = resolve({name: FLAGS[name].value for name in FLAG_NAMES},
-                                 given={name for name in FLAG_NAMES if FLAGS[name].present})
+                                 given={name: typed.get(name, "command line") for name in FLAG_NAMES if FLAGS[name].present})
         check_flags(values)
         check_run_flags(values)
     except FlagError as err:
@@ -151,6 +157,23 @@ def start(values: dict, origin: dict) -> None:
         runner.run(cfg)
     except (data.DataError, checkpointing.CheckpointError, runner.TrainingDiverged, runfolders.FolderError) as err:
         sys.exit(f"train: {err}")
+
+
+def given_sources(argv: list[str]) -> dict[str, str]:
+    """``{flag: where it was given}`` for the flags of ``argv``: the flagfile (nested ones
+    included) a value came from, or "command line"; a later argument wins, as in absl. So a run
+    of ``--flagfile=flags/cifar10_dgmw_long.cfg`` records its values as that file's, not as typed."""
+    sources: dict[str, str] = {}
+    for arg in argv[1:]:
+        if arg.startswith("--flagfile="):
+            for name, (_, where) in settings.read_flagfile(arg.split("=", 1)[1]).items():
+                sources[name] = where.rsplit(":", 1)[0]
+        elif arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if "=" not in arg and name.startswith("no") and name[2:] in FLAGS and name not in FLAGS:
+                name = name[2:]
+            sources[name] = "command line"
+    return sources
 
 
 def check_flagfiles(argv: list[str]) -> None:

@@ -111,6 +111,25 @@ def test_methods_fill_their_own_ac_default_when_built_directly():
     assert make_method("mergan", one, 1, dataclasses.replace(hp, ac_weight=0.5)).hp.ac_weight == 0.5
 
 
+def test_a_flagfile_s_values_are_recorded_as_that_file_s_not_as_typed(tmp_path):
+    # The long CIFAR-10 budget nests the dataset's settings file; a flag typed after it wins.
+    typed = train.given_sources(["train", "--flagfile=flags/cifar10_dgmw_long.cfg", "--seed=3", "--notf_log",
+                                 "--epochs_per_task=7"])
+    assert typed["ngf"] == "flags/cifar10_dgmw_long.cfg"
+    assert typed["dataset"] == typed["sparsity_weight"] == "flags/cifar10_dgmw.cfg"
+    assert typed["seed"] == typed["epochs_per_task"] == typed["tf_log"] == "command line"
+    values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
+    paths = dict(data_dir=str(tmp_path / "data"), workdir=str(tmp_path / "work"), export_dir=str(tmp_path / "exp"))
+    given = {n: s for n, s in typed.items() if n in values}
+    values.update(paths, dataset="cifar10", method="dgmw", ngf=12, epochs_per_task=7, seed=3, sparsity_weight=8.0)
+    resolved, origin = train.resolve(values, given={**given, **dict.fromkeys(paths, "command line")})
+    assert origin["sources"]["ngf"] == "flags/cifar10_dgmw_long.cfg" and resolved["ngf"] == 12
+    assert origin["sources"]["epochs_per_task"] == "command line" and resolved["epochs_per_task"] == 7
+    lines = train.describe_settings(resolved, origin).splitlines()
+    assert lines[2] == "  from flags/cifar10_dgmw_long.cfg (--flagfile): ngf=12"
+    assert lines[-1] == "  from the command line: epochs_per_task=7 seed=3"
+
+
 def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_small_dir):
     env = dict(os.environ, PYTHONPATH=ROOT)
     # What the first lines say for CIFAR-10 (train prints describe_settings before anything is read).
