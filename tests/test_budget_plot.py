@@ -1,0 +1,46 @@
+"""The budget plot reads runs as the sweep writes them and fits accuracy against log(epochs)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _run(folder, epochs, last, complete=True):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"complete": complete, "hyperparameters": {"epochs_per_task": epochs},
+                   "A_t_validation": [1.0, last], "task_seconds": [60.0 * epochs, 60.0 * epochs]}, f)
+
+
+def test_points_fit_and_svg_from_sweep_folders(tmp_path):
+    # A = 20 + 5 ln(epochs) exactly; the 4-epoch budget has two seeds (19 and 21 around its mean),
+    # and an unfinished third seed that must not count.
+    _run(tmp_path / "e1", 1, 0.20)
+    _run(tmp_path / "e4" / "seed0", 4, (20 + 5 * math.log(4) - 1) / 100)
+    _run(tmp_path / "e4" / "seed1", 4, (20 + 5 * math.log(4) + 1) / 100)
+    _run(tmp_path / "e4" / "seed2", 4, 0.99, complete=False)
+    _run(tmp_path / "e16", 16, (20 + 5 * math.log(16)) / 100)
+    out = tmp_path / "plot.svg"
+    series = ",".join(str(tmp_path / d) for d in ("e1", "e4", "e16"))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "budget_plot.py"), f"--series=toy={series}",
+                           "--target=35", f"--out={out}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "| toy | 4 | 2 | 26.93 ± 1.41 | 8.0 |" in proc.stdout
+    assert "| toy | 1 | 1 | 20.00 (1 seed) | 2.0 |" in proc.stdout
+    assert "A(last) ≈ 20.00 + 5.00·ln(epochs a task)" in proc.stdout
+    assert f"35.00 at about {math.exp(3):,.0f} epochs a task (extrapolated beyond the measured range)" in proc.stdout
+    text = out.read_text()
+    assert text.startswith("<svg") and text.count("<circle") == 3 and "paper 35.00" in text
+
+
+def test_a_folder_without_a_complete_run_is_refused_in_one_line(tmp_path):
+    _run(tmp_path / "e2", 2, 0.3, complete=False)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "budget_plot.py"),
+                           f"--series=toy={tmp_path / 'e2'}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"budget_plot: {tmp_path / 'e2'}: no complete run (results.json with "
+                                                "complete: true, in it or in seed*/)"]
