@@ -153,29 +153,52 @@ def run_set_name(dataset: str, split: str, train_flags: list[str]) -> str:
     return f"{dataset}_{split}{suffix}"
 
 
+def recorded_row(run_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(run_dir, "benchmark_row.json")) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished_row(run_dir: str, cmd: list[str]) -> dict | None:
+    """The entry's row with its results, if it finished with exactly this command."""
+    row = recorded_row(run_dir)
+    if not row or row.get("exit") != 0 or not same_run(row.get("command", []), cmd[1:]):
+        return None
+    with open(os.path.join(run_dir, "results.json")) as f:
+        row["results"] = json.load(f)
+    return row
+
+
 def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, log=print) -> dict:
     """One method in its own process; its wall time, CPU time and peak resident memory.
-    A finished entry (its row saved beside its results) is reused unless ``rerun``."""
-    row_path = os.path.join(run_dir, "benchmark_row.json")
-    if not rerun and os.path.exists(row_path):
-        with open(row_path) as f:
-            row = json.load(f)
-        if row.get("exit") == 0 and same_run(row.get("command", []), cmd[1:]):
-            with open(os.path.join(run_dir, "results.json")) as f:
-                row["results"] = json.load(f)
+    A finished entry (its row saved beside its results) is reused unless ``rerun``; one that
+    was interrupted (killed, the machine restarted) with the same command resumes from its
+    checkpoints, as train does, so a long harness can be run in parts. Anything else starts clean."""
+    previous = None if rerun else recorded_row(run_dir)
+    if previous and same_run(previous.get("command", []), cmd[1:]):
+        done = finished_row(run_dir, cmd)
+        if done:
             log(f"[{entry.key}] reused {run_dir}")
-            return row
-    if os.path.isdir(run_dir):
+            return done
+    resuming = bool(previous and same_run(previous.get("command", []), cmd[1:]))  # same command, not finished
+    if os.path.isdir(run_dir) and not resuming:
         shutil.rmtree(run_dir)  # a rerun starts clean, not from the old run's checkpoints
     os.makedirs(run_dir, exist_ok=True)
-    log(f"[{entry.key}] {' '.join(cmd[1:])}")
+    log(f"[{entry.key}] {'resuming: ' if resuming else ''}{' '.join(cmd[1:])}")
+    # Recorded before the process starts: a harness killed now finds this entry resumable.
+    write_atomic(os.path.join(run_dir, "benchmark_row.json"),
+                 json.dumps({"key": entry.key, "command": cmd[1:], "exit": None}, indent=1))
     start = time.time()
-    with open(os.path.join(run_dir, "train.log"), "w") as out:
+    with open(os.path.join(run_dir, "train.log"), "a" if resuming else "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     row = {"key": entry.key, "command": cmd[1:], "wall_seconds": round(time.time() - start, 1),
            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),  # robust to other load on the machine
            "peak_memory_mb": round(usage.ru_maxrss / 1024.0, 1), "exit": os.waitstatus_to_exitcode(status)}
+    if resuming:  # wall and CPU time above are the last process's; the results' task_seconds cover the whole run
+        row["resumed"] = True
     results_path = os.path.join(run_dir, "results.json")
     if row["exit"] == 0 and os.path.exists(results_path):
         with open(results_path) as f:
@@ -184,9 +207,22 @@ def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, l
         with open(os.path.join(run_dir, "train.log")) as f:
             lines = [line.strip() for line in f if line.strip()]
         row["error"] = lines[-1] if lines else "no output"
-    write_atomic(row_path, json.dumps({k: v for k, v in row.items() if k != "results"}, indent=1))
+    write_atomic(os.path.join(run_dir, "benchmark_row.json"), json.dumps({k: v for k, v in row.items() if k != "results"}, indent=1))
     log(f"[{entry.key}] exit {row['exit']} in {row['wall_seconds']} s")
     return row
+
+
+def earlier_rows(entries: list[Entry], dataset: str, classes_per_task: int, root: str, opts: dict) -> list[dict]:
+    """Entries not asked for this time that finished earlier with the command they would run now:
+    they stay in the table, so the harness may be run a few methods at a time."""
+    rows = []
+    for entry in ENTRIES:
+        if entry not in entries and os.path.exists(settings.path(dataset, entry.key)):
+            run_dir = os.path.join(root, entry.key)
+            row = finished_row(run_dir, train_command(entry, dataset, classes_per_task, run_dir, opts))
+            if row:
+                rows.append(row)
+    return rows
 
 
 def accuracy_at(results: dict, num_seen: int, selected: bool = False) -> float | None:
@@ -272,7 +308,7 @@ def main(argv):
     budget = (f"{FLAGS.steps_per_task} steps a task" if FLAGS.steps_per_task else
               f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each settings file's budget")
     budget += "".join(f"; {flag}" for flag in train_flags)
-    rows = []
+    rows = earlier_rows(entries, FLAGS.dataset, FLAGS.classes_per_task, root, opts)
     for entry in entries:
         run_dir = os.path.join(root, entry.key)
         rows.append(run_entry(entry, train_command(entry, FLAGS.dataset, FLAGS.classes_per_task, run_dir, opts), run_dir,

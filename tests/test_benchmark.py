@@ -1,5 +1,6 @@
 """The comparison harness: entries, A_t lookup, and a real (tiny) two-method table."""
 
+import json
 import os
 import re
 import subprocess
@@ -81,6 +82,49 @@ def test_bad_methods_flag_is_one_line(tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.strip()][-1].startswith(
         "benchmark: --methods='sgd' is not allowed; allowed: all, or a comma list of joint, finetune")
     assert not os.listdir(tmp_path)
+
+
+# Stands in for a training: the first run leaves a checkpoint and is killed; a run that finds
+# the checkpoint writes its results. So whether the harness resumed shows in one exit code.
+_FAKE_TRAIN = """
+import json, os, signal, sys
+work = sys.argv[1]
+if os.path.exists(os.path.join(work, "ckpt")):
+    json.dump({"complete": True, "A_t": [1.0]}, open(os.path.join(work, "results.json"), "w"))
+else:
+    open(os.path.join(work, "ckpt"), "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_unfinished_entry_resumes_from_its_checkpoints_and_another_command_starts_clean(tmp_path):
+    entry, run_dir, logged = benchmark.ENTRIES[0], str(tmp_path / "joint"), []
+    cmd = [sys.executable, "-c", _FAKE_TRAIN, run_dir]
+    killed = benchmark.run_entry(entry, cmd, run_dir, log=logged.append)
+    assert killed["exit"] == -9 and os.path.exists(os.path.join(run_dir, "ckpt"))
+    resumed = benchmark.run_entry(entry, cmd, run_dir, log=logged.append)
+    assert resumed["exit"] == 0 and resumed["resumed"] and resumed["results"]["A_t"] == [1.0]
+    assert logged[2].startswith("[joint] resuming: ")
+    assert benchmark.run_entry(entry, cmd, run_dir, log=logged.append)["exit"] == 0 and logged[-1].endswith("reused " + run_dir)
+    # Another command (here: another budget) does not inherit the checkpoint: it starts clean, is killed again.
+    assert benchmark.run_entry(entry, cmd + ["--epochs_per_task=2"], run_dir, log=logged.append)["exit"] == -9
+    # So does --rerun with the same command.
+    assert benchmark.run_entry(entry, cmd + ["--epochs_per_task=2"], run_dir, log=logged.append)["exit"] == 0
+    assert benchmark.run_entry(entry, cmd + ["--epochs_per_task=2"], run_dir, rerun=True, log=logged.append)["exit"] == -9
+
+
+def test_entries_finished_earlier_at_the_same_settings_stay_in_the_table(tmp_path):
+    opts = dict(seed=0, epochs_per_task=0, steps_per_task=30, data_dir="/data", train_flags=[])
+    icarl = next(e for e in benchmark.ENTRIES if e.key == "icarl")
+    run_dir = os.path.join(tmp_path, "icarl")
+    os.makedirs(run_dir)
+    cmd = benchmark.train_command(icarl, "mnist", 5, run_dir, opts)
+    benchmark.write_atomic(os.path.join(run_dir, "benchmark_row.json"), json.dumps({"key": "icarl", "command": cmd[1:], "exit": 0}))
+    benchmark.write_atomic(os.path.join(run_dir, "results.json"), json.dumps({"A_t": [0.5, 0.25]}))
+    joint = benchmark.select_entries("joint")
+    assert [r["key"] for r in benchmark.earlier_rows(joint, "mnist", 5, str(tmp_path), opts)] == ["icarl"]
+    assert benchmark.earlier_rows(benchmark.select_entries("icarl"), "mnist", 5, str(tmp_path), opts) == []  # run, not read
+    assert benchmark.earlier_rows(joint, "mnist", 5, str(tmp_path), dict(opts, steps_per_task=60)) == []  # other budget
 
 
 def test_two_methods_make_a_table(tmp_path, mnist_small_dir):
