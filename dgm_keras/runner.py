@@ -330,8 +330,10 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
         ckpts.save_task(task, lasting(), method.state(), results, exported=False)
         results["checkpoint_seconds"][-1] = round(ckpts.seconds - ckpt_before, 2)  # with the task-end save
         finish(task)
-        log(f"task {task + 1}/{scenario.num_tasks}: A_{scenario.seen_classes(task)} = {100 * strict['accuracy']:.2f} "
-            f"(selected {100 * selected['accuracy']:.2f}) in {results['task_seconds'][-1]:.1f} s")
+        # Test and validation side by side: settings are chosen on validation, so it is printed as well.
+        on_validation = (f", validation {100 * results['A_t_validation'][-1]:.2f}" if splits.validation is not None else "")
+        log(f"task {task + 1}/{scenario.num_tasks}: test A_{scenario.seen_classes(task)} = {100 * strict['accuracy']:.2f} "
+            f"(selected {100 * selected['accuracy']:.2f}){on_validation} in {results['task_seconds'][-1]:.1f} s")
 
     log(evaluation.format_table(results["accuracy_matrix"], results["A_t"], "Accuracy (%), strict: the model as each task ends"))
     log(evaluation.format_table(results["accuracy_matrix_selected"], results["A_t_selected"],

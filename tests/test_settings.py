@@ -153,6 +153,10 @@ def test_train_prints_and_records_where_each_value_came_from(tmp_path, mnist_sma
         assert re.fullmatch(rf"task {task}/2 \[=+\] 2/2 \S+  cls_loss \S+  \| run {50 * task}%, ETA \S+", line), line
     assert progress[-1].endswith("ETA 0s")
     res = json.loads((work / "results.json").read_text())
+    # Each task's line: the test figure, and the validation one that settings are chosen on.
+    ends = [line for line in proc.stdout.splitlines() if line.startswith("task 2/2: ")]
+    assert ends == [f"task 2/2: test A_10 = {100 * res['A_t'][1]:.2f} (selected {100 * res['A_t_selected'][1]:.2f}), "
+                    f"validation {100 * res['A_t_validation'][1]:.2f} in {res['task_seconds'][1]:.1f} s"]
     assert res["settings"]["file"] == "flags/mnist_joint.cfg"
     sources = res["settings"]["sources"]
     assert sources["d_lr"] == sources["steps_per_task"] == "command line"
