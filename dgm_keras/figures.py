@@ -74,6 +74,32 @@ def curves(series: dict[str, list[float]], title: str, ylabel: str, percent: boo
     return fig
 
 
+def budget_curves(series: dict[str, list[tuple[float, float, float]]], title: str, target: float | None = None,
+                  target_label: str = "paper"):
+    """Accuracy (%) against epochs a task on a log axis: per series, (epochs, mean, std) points
+    with error bars; ``target`` a dashed reference line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, points in series.items():
+        points = sorted(points)
+        epochs, means, stds = (np.asarray(v, dtype=float) for v in zip(*points))
+        ax.errorbar(epochs, means, yerr=stds, marker="o", capsize=3, label=name)
+        for e, m in zip(epochs, means):
+            ax.annotate(f"{m:.1f}", (e, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", label=f"{target_label} {target:.2f}")
+    ax.set_xscale("log")
+    ticks = sorted({e for points in series.values() for e, _, _ in points})
+    ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("epochs a task (log scale)")
+    ax.set_ylabel("validation A (last task), %")
+    ax.set_ylim(0, max([target or 0] + [m + s for points in series.values() for _, m, s in points]) * 1.15)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
 def image_grid(images: np.ndarray, rows: list[str], title: str):
     """``images``: [R, C, H, W, ch] in [-1, 1], a row per class, labelled with ``rows``."""
     r, c = images.shape[:2]
