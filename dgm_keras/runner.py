@@ -133,6 +133,9 @@ def _resume_point(ckpts: checkpointing.RunCheckpoints, state: dict, resume_from:
     return state
 
 
+FULL_MASK_WARNING = 0.99  # share of the free weights a DGM task's masks keep, at and above which it is warned
+
+
 def run(cfg: RunConfig, log=print) -> dict:
     """The task loop. Rerunning the same command after a kill resumes from ``<workdir>/checkpoints``.
 
@@ -322,6 +325,18 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
             warning = (f"warning: task {task + 1} ends near chance on its own classes: {100 * own:.2f}% (chance "
                        f"{100 * evaluation.chance_level(task_classes, seen):.2f}%, warned at <= {evaluation.CHANCE_FACTOR}x); "
                        "the training diverged or was far too short: try lower learning rates (--d_lr, --g_lr) or more steps")
+            results["warnings"].append(warning)
+            log(warning)
+        if losses.get("sparsity", 0.0) >= FULL_MASK_WARNING:
+            # DGM: no mask entry switched off, so the expansion doubles the free capacity: short tasks
+            # (Adam moves an embedding about one learning rate a step, from --mask_init) grow the
+            # generator geometrically and every later task is slower (CIFAR-10, 2 epochs a task: 30.8M
+            # weights after 9 tasks; docs/RESULTS.md).
+            sizes = results["method_report"].get("generator_size_after_task") or [0]
+            warning = (f"warning: task {task + 1}'s masks kept {100 * losses['sparsity']:.0f}% of the generator's free "
+                       f"weights (none learned to switch off in its {epochs * steps} steps), so the generator grew to "
+                       f"{sizes[-1]:,} weights; give each task more steps (--epochs_per_task, --steps_per_task) or "
+                       "raise --sparsity_weight")
             results["warnings"].append(warning)
             log(warning)
 

@@ -91,3 +91,16 @@ def test_results_json_says_what_it_holds(finished_run):
     assert finished_run.stdout.startswith("train: mnist, dgmw, 5 class(es) a task; settings flags/mnist_dgmw.cfg")
     noise = [line for line in finished_run.stderr.splitlines() if quiet.is_notice(line, quiet.has_nvidia_driver())]
     assert noise == [] and "oneDNN" not in finished_run.stderr, finished_run.stderr[-2000:]
+
+
+def test_a_task_whose_masks_keep_every_free_weight_is_warned(finished_run):
+    # 15 steps a task cannot switch a mask entry off (an embedding starts at +0.05 and Adam moves
+    # it about 2e-3 a step), so each task keeps all its free weights and the generator doubles.
+    results = finished_run.results
+    sizes = results["method_report"]["generator_size_after_task"]
+    assert results["last_losses"]["sparsity"] >= 0.99
+    expected = [f"warning: task {t}'s masks kept 100% of the generator's free weights (none learned to switch off in "
+                f"its 15 steps), so the generator grew to {size:,} weights; give each task more steps "
+                "(--epochs_per_task, --steps_per_task) or raise --sparsity_weight" for t, size in ((1, sizes[0]), (2, sizes[1]))]
+    assert [w for w in results["warnings"] if "masks kept" in w] == expected
+    assert all(w in finished_run.stdout for w in expected)
