@@ -173,9 +173,10 @@ def finished_row(run_dir: str, cmd: list[str]) -> dict | None:
 
 def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, log=print) -> dict:
     """One method in its own process; its wall time, CPU time and peak resident memory.
-    A finished entry (its row saved beside its results) is reused unless ``rerun``; one that
-    was interrupted (killed, the machine restarted) with the same command resumes from its
-    checkpoints, as train does, so a long harness can be run in parts. Anything else starts clean."""
+    A finished entry (its row saved beside its results) is reused unless ``rerun``; one that did
+    not finish (killed, the machine restarted, or failed) with the same command resumes from its
+    checkpoints, as train does, so a long harness can be run in parts (its times are then the
+    last process's). Another command, and every entry under ``rerun``, starts clean."""
     previous = None if rerun else recorded_row(run_dir)
     if previous and same_run(previous.get("command", []), cmd[1:]):
         done = finished_row(run_dir, cmd)
@@ -266,7 +267,8 @@ def format_table(rows: list[dict], dataset: str, classes_per_task: int, budget: 
         params = res.get("parameters", {})
         cells = [entry.label, _fmt(accuracy_at(res, mid)), _fmt(accuracy_at(res, mid, True)),
                  _fmt(accuracy_at(res, last)), _fmt(accuracy_at(res, last, True)),
-                 _fmt(100.0 * res["forgetting"]), f"{row['wall_seconds'] / 60:.1f} / {row['cpu_seconds'] / 60:.1f} min",
+                 _fmt(100.0 * res["forgetting"]), f"{row['wall_seconds'] / 60:.1f} / {row['cpu_seconds'] / 60:.1f} min"
+                 + (" (resumed: the last part only)" if row.get("resumed") else ""),
                  f"{row['peak_memory_mb']:.0f} MB", f"{params.get('classifier', 0):,}",
                  f"{params.get('generator', 0):,}" if params.get("generator") else "—", paper]
         lines.append("| " + " | ".join(cells) + " |")
