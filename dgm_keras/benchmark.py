@@ -161,9 +161,9 @@ def recorded_row(run_dir: str) -> dict | None:
         return None
 
 
-def finished_row(run_dir: str, cmd: list[str]) -> dict | None:
-    """The entry's row with its results, if it finished with exactly this command."""
-    row = recorded_row(run_dir)
+def finished_row(run_dir: str, cmd: list[str], row: dict | None = None) -> dict | None:
+    """The entry's row (``row``, or the one recorded) with its results, if it finished with exactly this command."""
+    row = row or recorded_row(run_dir)
     if not row or row.get("exit") != 0 or not same_run(row.get("command", []), cmd[1:]):
         return None
     with open(os.path.join(run_dir, "results.json")) as f:
@@ -178,11 +178,10 @@ def run_entry(entry: Entry, cmd: list[str], run_dir: str, rerun: bool = False, l
     checkpoints, as train does, so a long harness can be run in parts (its times are then the
     last process's). Another command, and every entry under ``rerun``, starts clean."""
     previous = None if rerun else recorded_row(run_dir)
-    if previous and same_run(previous.get("command", []), cmd[1:]):
-        done = finished_row(run_dir, cmd)
-        if done:
-            log(f"[{entry.key}] reused {run_dir}")
-            return done
+    done = finished_row(run_dir, cmd, previous) if previous else None
+    if done:
+        log(f"[{entry.key}] reused {run_dir}")
+        return done
     resuming = bool(previous and same_run(previous.get("command", []), cmd[1:]))  # same command, not finished
     if os.path.isdir(run_dir) and not resuming:
         shutil.rmtree(run_dir)  # a rerun starts clean, not from the old run's checkpoints

@@ -88,8 +88,8 @@ def describe_settings(values: dict, origin: dict) -> str:
              f"settings {origin['file']}"]
     if origin["file"]:
         lines.append(f"  from {origin['file']}: {listed(origin['file'])}")
-    given_files = sorted({s for s in origin["sources"].values()
-                          if s not in ("default", "command line", origin["file"]) and s.endswith(".cfg")})
+    given_files = sorted({s for s in origin["sources"].values()  # --flagfile ones (the others are labels, not files)
+                          if s != origin["file"] and os.path.isfile(os.path.join(settings.ROOT, s))})
     lines += [f"  from {file} (--flagfile): {listed(file)}" for file in given_files]
     lines.append(f"  from the command line: {listed('command line')}")
     return "\n".join(lines)
