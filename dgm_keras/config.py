@@ -108,6 +108,9 @@ class HyperParams:
     # at 300 steps a task, 3 seeds (docs/RESULTS.md, "Weight averages"). DGM only.
     generator_ema: float = 0.99  # the generator's free weights (not the mask embeddings): what replay and exports draw from
     classifier_ema: float = 0.99  # the evaluated and exported classifier (with the shared trunk: the whole discriminator)
+    # Both averages' decay ramps as min(decay, (1 + k) / (ema_warmup + k)) over a task's steps k (gan.average_decay):
+    # at 10 (TensorFlow's rule) it reaches 0.99 only after 890 steps, so the main command's 237-step tasks end at 0.964.
+    ema_warmup: float = 10.0
     replay: str = "fixed"  # DGM only: the other generative-replay baselines keep their own rule
     replay_batch_size: int = 64
     replay_per_class: int = 0  # 0: as many as the current task has training images per class

@@ -100,13 +100,20 @@ def moving_averages(variables, decay: float, name: str) -> list:
             for v in variables]
 
 
-def update_averages(averages: list, variables: list, decay: float, step) -> None:
-    """One step of an exponential moving average. Its decay ramps as (1 + step) / (10 + step) up
-    to ``decay``: a task's first weights, far from where it ends, fade within a few steps."""
+def average_decay(decay: float, step, warmup: float = 10.0):
+    """The decay at a task's ``step``: min(decay, (1 + step) / (warmup + step)), TensorFlow's
+    ExponentialMovingAverage rule at warmup 10, so a task's first weights, far from where it ends,
+    fade within a few steps. It reaches ``decay`` only after (warmup * decay - 1) / (1 - decay)
+    steps: 890 for 0.99 at warmup 10, more than a 237-step task has (it ends at 0.964 there)."""
+    step = ops.cast(step, "float32")
+    return ops.minimum(decay, (1.0 + step) / (warmup + step))
+
+
+def update_averages(averages: list, variables: list, decay: float, step, warmup: float = 10.0) -> None:
+    """One step of an exponential moving average at ``average_decay``."""
     if not averages:
         return
-    step = ops.cast(step, "float32")
-    d = ops.minimum(decay, (1.0 + step) / (10.0 + step))
+    d = average_decay(decay, step, warmup)
     for average, v in zip(averages, variables):
         average.assign(d * average + (1.0 - d) * v)
 

@@ -137,6 +137,10 @@ for _name, _what in (("generator_ema", "the generator's free weights (not its ma
                                     "swapped in when a task ends, before evaluation and export")):
     _float(_name, getattr(_HP, _name), f"DGM: decay in [0, 1) of a moving average of {_what}; 0: off (the paper and the *_paper flagfiles).", DGM)
     _rule(_name, lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)")
+_float("ema_warmup", _HP.ema_warmup, "DGM: the weight averages' decay at a task's step k is min(decay, (1 + k) / "
+       "(ema_warmup + k)) (> 1; 10 is TensorFlow's rule, which reaches 0.99 after 890 steps; 2 reaches it after 98).",
+       DGM)
+_rule("ema_warmup", lambda v: v > 1, "a number > 1 (at 1 the averages never move)")
 _dgm_option("replay", config.REPLAY_MODES, "DGM's replay: fixed (a set drawn when a task begins, "
             "the reference code) or fresh (drawn anew inside every iteration, from each past task's masks and "
             "head).")
@@ -277,7 +281,7 @@ FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order"
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",
               "seed", "jit_compile", "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max",
-              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "generator_ema", "classifier_ema", "replay",
+              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "generator_ema", "classifier_ema", "ema_warmup", "replay",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after",
               "icarl_memory", "mergan_mode", "alignment_weight", "strategy", "cpu_replicas", "tf_log")

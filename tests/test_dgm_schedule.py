@@ -196,14 +196,15 @@ def test_generated_classifier_data_never_shows_the_classifier_a_real_image(mnist
     assert finite is (classifier_data == "generated")
 
 
-def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_stay_bitwise(mnist_scenario_data):
+@pytest.mark.parametrize("warmup", [10.0, 2.0])
+def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_stay_bitwise(mnist_scenario_data, warmup):
     # --generator_ema / --classifier_ema: each step the averages move by the ramped decay
-    # min(decay, (1 + k) / (10 + k)); when the task ends the generator's free entries and the
+    # min(decay, (1 + k) / (warmup + k)) (--ema_warmup); when the task ends the generator's free entries and the
     # classifier take the averages, the entries past tasks reserved keep their exact bits,
     # and the masks are the task's own last ones (embeddings are not averaged).
     train = mnist_scenario_data.train
     decay = 0.9
-    method = _after_tasks(train, 1, generator_ema=decay, classifier_ema=decay)
+    method = _after_tasks(train, 1, generator_ema=decay, classifier_ema=decay, ema_warmup=warmup)
     trainer = method.trainer
     averaged = trainer.g_averaged + method.disc.trainable_variables
     assert {v.path for v in trainer.g_averaged}.isdisjoint(trainer.embedding_vars)
@@ -214,7 +215,7 @@ def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_
     want = [v.numpy().astype(np.float64) for v in averaged]
     for k in range(5):
         trainer.fit(method.pipeline(1, _part(train, 1, 64)), epochs=1, steps_per_epoch=1, verbose=0)
-        d = min(decay, (1 + k) / (10 + k))
+        d = min(decay, (1 + k) / (warmup + k))
         want = [d * w + (1 - d) * v.numpy() for w, v in zip(want, averaged)]
     got = [a.numpy() for a in trainer._g_average + trainer._c_average]
     for w, g in zip(want, got, strict=True):

@@ -47,6 +47,7 @@ def _values(tmp_path, **over):
     (dict(generator_bn="none"), r"--generator_bn='none' is not allowed; allowed: moving, reestimate"),
     (dict(replay="both"), r"--replay='both' is not allowed; allowed: fixed, fresh"),
     (dict(c_lr=0.0), r"--c_lr=0.0 .*positive number"),
+    (dict(ema_warmup=1.0), r"--ema_warmup=1.0 .*> 1"),
 ])
 def test_bad_values_are_named(tmp_path, over, pattern):
     with pytest.raises(train.FlagError, match=pattern):

@@ -163,8 +163,9 @@ class DGMTrainer(gan.GANTrainer):
             values.update(self.classifier_steps(batch))
         values.update(self.critic_step(batch, s))
         values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
-        gan.update_averages(self._g_average, self.g_averaged, self.hp.generator_ema, self.task_step)
-        gan.update_averages(self._c_average, self.classifier.trainable_variables, self.hp.classifier_ema, self.task_step)
+        gan.update_averages(self._g_average, self.g_averaged, self.hp.generator_ema, self.task_step, self.hp.ema_warmup)
+        gan.update_averages(self._c_average, self.classifier.trainable_variables, self.hp.classifier_ema, self.task_step,
+                            self.hp.ema_warmup)
         return self.record(values)
 
     def swap_in_averages(self):
