@@ -225,6 +225,22 @@ def earlier_rows(entries: list[Entry], dataset: str, classes_per_task: int, root
     return rows
 
 
+def run_and_tabulate(entries: list[Entry], dataset: str, classes_per_task: int, root: str, opts: dict, out: str,
+                     budget: str, rerun: bool = False, run=run_entry) -> tuple[list[dict], str]:
+    """Runs ``entries`` one after the other and writes the table to ``out`` after each, so a long
+    harness killed half-way keeps its rows. The entries not asked for are read again from their
+    run folders every time: one that another harness process (another method, at the same time)
+    finished meanwhile keeps its row (read once at the start, it was dropped from the table)."""
+    done, rows, table = [], [], ""
+    for entry in entries:
+        run_dir = os.path.join(root, entry.key)
+        done.append(run(entry, train_command(entry, dataset, classes_per_task, run_dir, opts), run_dir, rerun=rerun))
+        rows = table_order(earlier_rows(entries, dataset, classes_per_task, root, opts) + done)
+        table = format_table(rows, dataset, classes_per_task, budget)
+        write_atomic(out, table)
+    return rows, table
+
+
 def accuracy_at(results: dict, num_seen: int, selected: bool = False) -> float | None:
     """A_n: accuracy over the first ``num_seen`` classes, after the task that completes them."""
     seen = results["scenario"]["classes_per_task"]
@@ -309,14 +325,8 @@ def main(argv):
     budget = (f"{FLAGS.steps_per_task} steps a task" if FLAGS.steps_per_task else
               f"{FLAGS.epochs_per_task} epoch(s) a task" if FLAGS.epochs_per_task else "each settings file's budget")
     budget += "".join(f"; {flag}" for flag in train_flags)
-    rows = earlier_rows(entries, FLAGS.dataset, FLAGS.classes_per_task, root, opts)
-    for entry in entries:
-        run_dir = os.path.join(root, entry.key)
-        rows.append(run_entry(entry, train_command(entry, FLAGS.dataset, FLAGS.classes_per_task, run_dir, opts), run_dir,
-                              rerun=FLAGS.rerun))
-        table = format_table(table_order(rows), FLAGS.dataset, FLAGS.classes_per_task, budget)
-        write_atomic(out, table)  # after every method: a long benchmark killed half-way keeps its rows
-    rows = table_order(rows)
+    rows, table = run_and_tabulate(entries, FLAGS.dataset, FLAGS.classes_per_task, root, opts, out, budget,
+                                   rerun=FLAGS.rerun)
     write_atomic(os.path.splitext(out)[0] + ".json", json.dumps(
         [{k: v for k, v in r.items() if k != "results"} | {"results_path": os.path.join(root, r["key"], "results.json")}
          for r in rows], indent=1))

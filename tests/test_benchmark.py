@@ -127,6 +127,34 @@ def test_entries_finished_earlier_at_the_same_settings_stay_in_the_table(tmp_pat
     assert benchmark.earlier_rows(joint, "mnist", 5, str(tmp_path), dict(opts, steps_per_task=60)) == []  # other budget
 
 
+def test_a_row_another_harness_finishes_meanwhile_stays_in_the_table(tmp_path):
+    # Two harness processes at once (--methods=icarl and --methods=joint): icarl finishes while
+    # joint trains. The table joint's process writes must hold icarl's row; read only at the
+    # start, it was dropped (found on CIFAR-10 in session 12: MeRGAN-RA's row vanished).
+    opts = dict(seed=0, epochs_per_task=0, steps_per_task=30, data_dir="/data", train_flags=[])
+    results = {"scenario": {"classes_per_task": 5}, "A_t": [0.9, 0.5], "A_t_selected": [0.9, 0.5], "forgetting": 0.4}
+    times = {"wall_seconds": 60.0, "cpu_seconds": 60.0, "peak_memory_mb": 100.0}
+    icarl = next(e for e in benchmark.ENTRIES if e.key == "icarl")
+
+    def joint_while_icarl_finishes(entry, cmd, run_dir, rerun=False):
+        icarl_dir = os.path.join(tmp_path, "icarl")
+        os.makedirs(icarl_dir)
+        icarl_cmd = benchmark.train_command(icarl, "mnist", 5, icarl_dir, opts)
+        benchmark.write_atomic(os.path.join(icarl_dir, "results.json"), json.dumps(dict(results, A_t=[0.8, 0.25])))
+        benchmark.write_atomic(os.path.join(icarl_dir, "benchmark_row.json"),
+                               json.dumps({"key": "icarl", "command": icarl_cmd[1:], "exit": 0} | times))
+        return {"key": entry.key, "command": cmd[1:], "exit": 0, "results": results} | times
+
+    out = str(tmp_path / "table.md")
+    rows, table = benchmark.run_and_tabulate(benchmark.select_entries("joint"), "mnist", 5, str(tmp_path), opts, out,
+                                             "30 steps a task", run=joint_while_icarl_finishes)
+    assert [r["key"] for r in rows] == ["joint", "icarl"]
+    with open(out) as f:
+        written = f.read()
+    assert written == table
+    assert "| JT (upper bound) | 90.00 |" in written and "| iCaRL | 80.00 | 90.00 | 25.00 | 50.00 |" in written
+
+
 def test_two_methods_make_a_table(tmp_path, mnist_small_dir):
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.benchmark", "--methods=joint",
