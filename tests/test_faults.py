@@ -99,7 +99,7 @@ def test_help_says_the_real_defaults():
     from dgm_keras import config, train  # noqa: PLC0415
 
     assert "0.08" not in train.FLAGS["sparsity_weight"].help.replace("reference code: 0.08", "")
-    assert train.FLAGS["sparsity_weight"].default == config.HyperParams().sparsity_weight == 8.0
+    assert train.FLAGS["sparsity_weight"].default == config.HyperParams().sparsity_weight == 1.0
 
 
 def test_steps_per_task_records_what_ran(tmp_path):

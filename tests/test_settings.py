@@ -32,11 +32,13 @@ def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, spa
     assert origin["file"] == file
     assert values["g_lr"] == values["d_lr"] == 5e-4 and values["sparsity_weight"] == sparsity
     assert origin["sources"]["sparsity_weight"] == file
+    # Measured with HAT's annealed masks, so the file keeps them under the main command's constant ones.
+    assert values["mask_gradient"] == "annealed" and origin["sources"]["mask_gradient"] == file
     assert values["epochs_per_task"] == 5
     assert origin["sources"]["g_lr"] == file and origin["sources"]["ngf"] == "default"
     assert origin["sources"]["dataset"] == "command line"
     mnist, mnist_origin = _resolve(tmp_path)
-    assert mnist["g_lr"] == 2e-3 and mnist["sparsity_weight"] == 8.0 and mnist_origin["file"] == "flags/mnist_dgmw.cfg"
+    assert mnist["g_lr"] == 2e-3 and mnist["sparsity_weight"] == 1.0 and mnist_origin["file"] == "flags/mnist_dgmw.cfg"
 
 
 def test_a_user_flag_always_wins_and_is_recorded_as_such(tmp_path):
@@ -95,7 +97,7 @@ def test_defaults_live_in_one_place():
             assert train.FLAGS[field.name].default == getattr(hp, field.name), field.name
     assert set(settings.load("mnist", "dgmw")) == {"method", "dataset"}
     assert not hasattr(train, "METHOD_DEFAULTS")
-    assert hp.sparsity_weight == 8.0 and hp.epochs_per_task == 3
+    assert hp.sparsity_weight == 1.0 and hp.mask_gradient == "constant" and hp.epochs_per_task == 3
 
 
 def test_methods_fill_their_own_ac_default_when_built_directly():

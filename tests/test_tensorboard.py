@@ -124,7 +124,7 @@ def test_flags_and_hyperparameters_are_there(server, finished_run):
     flags = _table(server, "run/flags")
     assert flags["workdir"] == str(finished_run.workdir) and flags["method"] == "dgmw"
     hyperparameters = _table(server, "run/hyperparameters")
-    assert hyperparameters["sparsity_weight"] == "8.0" and hyperparameters["steps_per_task"] == "15"
+    assert hyperparameters["sparsity_weight"] == "1.0" and hyperparameters["steps_per_task"] == "15"
     assert not set(flags) & set(hyperparameters)  # each value once
     request = urllib.request.Request(f"{server}/data/plugin/hparams/experiment", data=b"{}", method="POST",
                                      headers={"X-XSRF-Protected": "1", "Content-Type": "application/json"})

@@ -77,10 +77,10 @@ def test_paths_that_are_files_or_unwritable(tmp_path):
 def test_good_defaults_pass(tmp_path, monkeypatch):
     values = _values(tmp_path)
     train.check_flags(values)
-    assert values["ngf"] == 6 and values["sparsity_weight"] == 8.0
+    assert values["ngf"] == 6 and values["sparsity_weight"] == 1.0 and values["mask_gradient"] == "constant"
     dgma = _values(tmp_path, method="dgma")
     assert dgma["ngf"] == 20 and dgma["s_max"] == 1e5
-    # flags/mnist_dgma.cfg: masks that learn all task at lambda 1 (session 12); its paper file keeps the reference's.
+    # DGMa takes the main command's masks (learning all task, lambda 1); its paper file keeps the reference's.
     assert dgma["mask_gradient"] == "constant" and dgma["sparsity_weight"] == 1.0
     monkeypatch.chdir(ROOT)  # nested flagfiles are named from the checkout's root
     args = train.FLAGS.read_flags_from_files(["--flagfile=flags/mnist_dgma_paper.cfg"], force_gnu=True)
