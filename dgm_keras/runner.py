@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import time
@@ -332,11 +333,15 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
             # (Adam moves an embedding about one learning rate a step, from --mask_init) grow the
             # generator geometrically and every later task is slower (CIFAR-10, 2 epochs a task: 30.8M
             # weights after 9 tasks; docs/RESULTS.md).
+            # Adam's step does not grow with the gradient, so --sparsity_weight cannot make up for too few steps.
             sizes = results["method_report"].get("generator_size_after_task") or [0]
+            hp = method.hp
             warning = (f"warning: task {task + 1}'s masks kept {100 * losses['sparsity']:.0f}% of the generator's free "
                        f"weights (none learned to switch off in its {epochs * steps} steps), so the generator grew to "
-                       f"{sizes[-1]:,} weights; give each task more steps (--epochs_per_task, --steps_per_task) or "
-                       "raise --sparsity_weight")
+                       f"{sizes[-1]:,} weights; an embedding starts at --mask_init={hp.mask_init:g} and moves about one "
+                       f"learning rate ({hp.g_lr:g}) a step, so switching off takes at least "
+                       f"{math.ceil(hp.mask_init / hp.g_lr)} steps: give each task more steps (--epochs_per_task, "
+                       "--steps_per_task) or a lower --mask_init")
             results["warnings"].append(warning)
             log(warning)
 
