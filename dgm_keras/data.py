@@ -129,7 +129,10 @@ default_data_dir = config.default_data_dir
 
 
 def is_prepared(dataset: str, data_dir: str) -> bool:
-    return _tfds().builder(get_spec(dataset).tfds_name, data_dir=data_dir).is_prepared()
+    # Asked of a data dir without the dataset's folder, TFDS's builder logs a warning ("Variant
+    # folder ... has no dataset_info.json") on a fresh machine's first run: answer that case here.
+    name = get_spec(dataset).tfds_name
+    return os.path.isdir(os.path.join(data_dir, name)) and _tfds().builder(name, data_dir=data_dir).is_prepared()
 
 
 def download_host_reachable(dataset: str, timeout: float = 3.0) -> bool:

@@ -80,6 +80,7 @@ def test_train_prepares_from_source_and_runs_cifar10(tmp_path):
     assert results["complete"] and results["settings"]["file"].endswith("cifar10_dgmw.cfg")
     assert results["counts"]["test"] == 40 and len(results["A_t"]) == 2
     assert (data_dir / "cifar10").is_dir()
+    assert "has no dataset_info.json" not in proc.stderr  # TFDS's warning on a fresh data dir is not shown
     # A bad source is one line naming it, and nothing is built.
     proc = subprocess.run([sys.executable, "-m", "dgm_keras.train", *args[:1], f"--source={tmp_path / 'nope.tar'}",
                            f"--data_dir={tmp_path / 'empty'}", f"--workdir={tmp_path / 'run2'}",
