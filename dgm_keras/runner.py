@@ -332,8 +332,8 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
             # DGM: no mask entry switched off, so the expansion doubles the free capacity: short tasks
             # (Adam moves an embedding about one learning rate a step, from --mask_init) grow the
             # generator geometrically and every later task is slower (CIFAR-10, 2 epochs a task: 30.8M
-            # weights after 9 tasks; docs/RESULTS.md).
-            # Adam's step does not grow with the gradient, so --sparsity_weight cannot make up for too few steps.
+            # weights after 9 tasks; docs/RESULTS.md). Adam's step does not grow with the gradient, so a
+            # larger --sparsity_weight cannot make up for too few steps.
             sizes = results["method_report"].get("generator_size_after_task") or [0]
             hp = method.hp
             warning = (f"warning: task {task + 1}'s masks kept {100 * losses['sparsity']:.0f}% of the generator's free "
