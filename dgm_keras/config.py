@@ -111,7 +111,9 @@ class HyperParams:
     generator_bn: str = "moving"
     # Polyak (exponential moving) averages of the weights, swapped in when a task ends; 0: off (the paper,
     # and the *_paper flagfiles). On by default since session 7: +12 validation points of A10 on MNIST 10x1
-    # at 300 steps a task, 3 seeds (docs/RESULTS.md, "Weight averages"). DGM only.
+    # at 300 steps a task, 3 seeds (docs/RESULTS.md, "Weight averages"). DGM, and since session 14 the GAN
+    # baselines DGR and MeRGAN too (their generator, and their classifier: DGR's solver, MeRGAN's discriminator),
+    # so that they get the same care.
     generator_ema: float = 0.99  # the generator's free weights (not the mask embeddings): what replay and exports draw from
     classifier_ema: float = 0.99  # the evaluated and exported classifier (with the shared trunk: the whole discriminator)
     # Both averages' decay ramps as min(decay, (1 + k) / (ema_warmup + k)) over a task's steps k (gan.average_decay):

@@ -118,6 +118,32 @@ def update_averages(averages: list, variables: list, decay: float, step, warmup:
         average.assign(d * average + (1.0 - d) * v)
 
 
+def exact_batch_norm(norm, inputs_of, nz: int, labels_of, seed: int, num: int = 4096, batch: int = 512) -> None:
+    """Sets ``norm``'s moving statistics to the exact mean and variance of its inputs over ``num``
+    draws: ``inputs_of(z, y)`` gives those inputs for latents z and labels y (``labels_of(rng, n)``,
+    or None for an unconditional generator). The moving average (momentum 0.99) has seen only a
+    task's few hundred steps, still leans on its initial 0 and 1, and was gathered under the live
+    weights, not the averaged ones that replay and exports use."""
+    rng = np.random.default_rng(seed)
+    feats = []
+    for _ in range(0, num, batch):
+        z = rng.standard_normal((batch, nz)).astype(np.float32)
+        feats.append(ops.convert_to_numpy(inputs_of(z, None if labels_of is None else labels_of(rng, batch))))
+    feats = np.concatenate(feats).astype(np.float64)
+    norm.moving_mean.assign(feats.mean(axis=(0, 1, 2)).astype(np.float32))
+    norm.moving_variance.assign(feats.var(axis=(0, 1, 2)).astype(np.float32))
+
+
+def end_plain_generator_task(method, task: int, labels_of) -> None:
+    """A task's end for DGR and MeRGAN (``networks.PlainGenerator``): the weight averages become
+    the weights, and the generator's batch norm gets the statistics of the weights it now has
+    (``labels_of`` draws the labels it is re-estimated on; None: unconditional)."""
+    method.end_averaging()
+    hp = method.hp
+    if hp.generator_ema or hp.generator_bn == "reestimate":
+        exact_batch_norm(method.gen.norm, method.gen.norm_inputs, method.gen.nz, labels_of, hp.seed * 7919 + task)
+
+
 def gradient_penalty(critic, real, fake, seed, weights=None, parts=None):
     """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 on random interpolates x_hat of paired real and
     fake images, averaged over the batch (or weighted by ``weights``, which sum to 1).
@@ -174,6 +200,46 @@ class GANTrainer(keras.Model):
         # Built here so that no optimizer variable is created inside the traced step.
         g_optimizer.build(self.g_vars)
         d_optimizer.build(self.d_vars)
+
+    # -- Polyak averages of the weights (--generator_ema, --classifier_ema)
+    def average_weights(self, generator_vars: list, classifier: keras.Model, hp: config.HyperParams) -> None:
+        """Keeps moving averages of ``generator_vars`` and of ``classifier``'s weights (at the decays
+        of ``hp``; 0: none), which ``swap_in_averages`` makes the weights when the task ends. They
+        are attributes of the trainer, so step checkpoints carry them and a resumed task averages on."""
+        self.g_averaged, self.averaged_classifier = list(generator_vars), classifier
+        self._g_average = moving_averages(self.g_averaged, hp.generator_ema, "g_average")
+        self._c_average = moving_averages(classifier.trainable_variables, hp.classifier_ema, "c_average")
+
+    def update_weight_averages(self) -> None:
+        """One step of both averages, before ``record`` counts the step."""
+        update_averages(self._g_average, self.g_averaged, self.hp.generator_ema, self.task_step, self.hp.ema_warmup)
+        update_averages(self._c_average, self.averaged_classifier.trainable_variables, self.hp.classifier_ema,
+                        self.task_step, self.hp.ema_warmup)
+
+    def kept_average(self, variable, average):
+        """What ``variable`` becomes when the averages are swapped in (DGM keeps reserved entries)."""
+        del variable
+        return average
+
+    def swap_in_averages(self) -> None:
+        """When the task ends, the averaged weights become the weights."""
+        for v, average in zip(self.g_averaged, self._g_average):
+            v.assign(self.kept_average(v, average))
+        for v, average in zip(self.averaged_classifier.trainable_variables, self._c_average):
+            v.assign(average)
+
+    def averaged_classify(self):
+        """logits from the classifier's averaged weights, without touching its live ones: what
+        the task would end with if it ended now, so that the validation selector scores at an
+        epoch's end the classifier that is evaluated strictly and exported (``swap_in_averages``)."""
+        classifier = self.averaged_classifier
+        mapping = list(zip(classifier.trainable_variables, self._c_average))
+
+        def classify(images):
+            with keras.StatelessScope(state_mapping=[(v, average.value) for v, average in mapping]):
+                return classifier.classify(images, training=False)
+
+        return tf.function(classify, reduce_retracing=True)
 
     def record(self, values: dict) -> dict:
         """Counts the iteration and feeds the loss trackers; returns what ``fit`` logs."""

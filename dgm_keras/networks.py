@@ -122,11 +122,15 @@ class PlainGenerator(keras.Model):
 
     def call(self, z, labels=None, task=None, training=False):
         del task
+        return self.out(ops.relu(self.norm(self.norm_inputs(z, labels), training=training)))
+
+    def norm_inputs(self, z, labels=None):
+        """What the batch norm normalises (for ``gan.exact_batch_norm``)."""
         x = write_label(z, labels, self.num_classes) if self.num_classes else z
         x = ops.reshape(x, (-1, 1, 1, self.nz))
         for layer in self.body:
             x = ops.relu(layer(x))
-        return self.out(ops.relu(self.norm(x, training=training)))
+        return x
 
     def build(self, *args, **kwargs):
         self.built = True

@@ -128,16 +128,17 @@ _dgm_option("classifier_data", config.CLASSIFIER_DATA, "What DGM's classifier st
 _float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
        "--classifier_steps=reference) (> 0).", DGM)
 _rule("c_lr", lambda v: v > 0, "a positive number")
-_dgm_option("generator_bn", config.GENERATOR_BN, "DGM's per-task generator batch norm: "
-            "moving (the moving average as training left it) or reestimate (exact statistics at the task's end; "
-            "always so with --generator_ema).")
+_dgm_option("generator_bn", config.GENERATOR_BN, "The generator's batch norm (DGM: the task's head; DGR, "
+            "MeRGAN: its one): moving (the moving average as training left it) or reestimate (exact statistics at "
+            "the task's end; always so with --generator_ema).")
 for _name, _what in (("generator_ema", "the generator's free weights (not its masks), swapped in when a task ends, "
                                    "before replay and export"),
                      ("classifier_ema", "the classifier's weights (with the shared trunk: the whole discriminator), "
                                     "swapped in when a task ends, before evaluation and export")):
-    _float(_name, getattr(_HP, _name), f"DGM: decay in [0, 1) of a moving average of {_what}; 0: off (the paper and the *_paper flagfiles).", DGM)
+    _float(_name, getattr(_HP, _name), f"DGM, DGR, MeRGAN: decay in [0, 1) of a moving average of {_what}; 0: off "
+           "(the papers, and the *_paper flagfiles).", DGM)
     _rule(_name, lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)")
-_float("ema_warmup", _HP.ema_warmup, "DGM: the weight averages' decay at a task's step k is min(decay, (1 + k) / "
+_float("ema_warmup", _HP.ema_warmup, "DGM, DGR, MeRGAN: the weight averages' decay at a task's step k is min(decay, (1 + k) / "
        "(ema_warmup + k)) (> 1; 10 is TensorFlow's rule, which reaches 0.99 after 890 steps; 2 reaches it after 98).",
        DGM)
 _rule("ema_warmup", lambda v: v > 1, "a number > 1 (at 1 the averages never move)")

@@ -241,3 +241,54 @@ def test_conditional_generator_exports_and_serves_the_same_images(tmp_path):
     z = tf.random.stateless_normal([5, gen.nz], seed=tf.constant([5, 0], tf.int64))
     np.testing.assert_allclose(got, gen(z, labels, training=False).numpy(), atol=1e-5)
     assert not np.allclose(got[1], got[2], atol=1e-3)  # the label and z matter
+
+
+@pytest.mark.parametrize("make", [dgr.DGR, mergan.MeRGAN], ids=["dgr", "mergan"])
+def test_gan_baselines_swap_in_weight_averages_with_batch_norm_statistics_of_their_own(mnist_scenario_data, make):
+    # The GAN baselines get DGM's weight averages (--generator_ema, --classifier_ema): while a task
+    # trains the selector scores the averaged classifier, live weights untouched; when it ends the
+    # generator and the classifier take the averages bitwise, and the generator's batch norm the
+    # exact statistics of its inputs under the averaged weights (not the moving ones).
+    keras.utils.set_random_seed(0)
+    hp = _hp(generator_ema=0.9, classifier_ema=0.9, steps_per_task=4)
+    method = make(SCENARIO_2CPT, 1, hp)
+    part = _task_data(mnist_scenario_data.train, SCENARIO_2CPT, 0)
+    method.begin_task(0, part)
+    method.train_task(0, part, [])
+    trainer, classifier = method.trainer, method.classifier_model()
+    images = mnist_scenario_data.test.images[:16]
+    live = [v.numpy().copy() for v in classifier.trainable_variables]
+    live_logits = classifier.classify(images).numpy()
+    g_average = [a.numpy().copy() for a in trainer._g_average]
+    c_average = [a.numpy().copy() for a in trainer._c_average]
+    assert len(g_average) == len(method.gen.trainable_variables) and len(c_average) == len(live)
+    scored = np.asarray(method.classifier()(images))
+    assert np.abs(scored - live_logits).max() > 1e-3  # the selector scores the averages, not the live weights
+    for v, value in zip(classifier.trainable_variables, live):
+        np.testing.assert_array_equal(v.numpy(), value)
+    method.end_task(0)
+    for v, average in zip(method.gen.trainable_variables + classifier.trainable_variables, g_average + c_average,
+                          strict=True):
+        np.testing.assert_array_equal(v.numpy(), average)
+    np.testing.assert_allclose(np.asarray(method.classifier()(images)), scored, rtol=1e-5, atol=1e-5)
+    z = np.random.default_rng(5).standard_normal((4096, method.gen.nz)).astype(np.float32)
+    labels = np.random.default_rng(6).integers(0, 2, 4096).astype(np.int32) if method.gen.num_classes else None
+    inputs = method.gen.norm_inputs(z, labels).numpy().astype(np.float64)
+    norm = method.gen.norm
+    # Other draws than the re-estimate's: equal up to the sampling error of 4096 x 16 x 16 positions.
+    np.testing.assert_allclose(norm.moving_mean.numpy(), inputs.mean((0, 1, 2)), rtol=0.05, atol=1e-3)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), inputs.var((0, 1, 2)), rtol=0.1, atol=1e-3)
+
+
+@pytest.mark.parametrize("make", [dgr.DGR, mergan.MeRGAN], ids=["dgr", "mergan"])
+def test_gan_baselines_without_averages_end_a_task_with_their_live_weights(mnist_scenario_data, make):
+    keras.utils.set_random_seed(0)
+    method = make(SCENARIO_2CPT, 1, _hp(generator_ema=0.0, classifier_ema=0.0))
+    part = _task_data(mnist_scenario_data.train, SCENARIO_2CPT, 0)
+    method.begin_task(0, part)
+    method.train_task(0, part, [])
+    assert not method.trainer._g_average and not method.trainer._c_average
+    before = [w.copy() for w in method.gen.get_weights() + method.classifier_model().get_weights()]
+    method.end_task(0)
+    for a, b in zip(before, method.gen.get_weights() + method.classifier_model().get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise, the moving batch-norm statistics included

@@ -58,6 +58,8 @@ class ContinualMethod:
 
     name = "base"
     trainer: keras.Model | None = None
+    # The trainer (a ``gan.GANTrainer``) whose averaged classifier is scored while its task trains.
+    _averaging: keras.Model | None = None
 
     def __init__(self, scenario: data.Scenario, channels: int, hp: HyperParams):
         self.scenario, self.channels, self.hp = scenario, channels, hp
@@ -83,15 +85,30 @@ class ContinualMethod:
     def classifier(self) -> Callable:
         """images float32 [N, 32, 32, C] in [-1, 1] -> logits over the classes seen so far.
 
-        By default the shared backbone's classifier head, ``classifier_model().classify``,
+        While a task trains with ``--classifier_ema`` (``begin_averaging``), the averaged classifier
+        (``gan.GANTrainer.averaged_classify``): what the task ends with, so what the validation
+        selector must score. Otherwise the shared backbone's classifier head, ``classifier_model().classify``,
         compiled once per model (a grown network is a new model): the runner scores ~19k
         images at every epoch's end, which eager layer calls made several times slower.
         """
+        if self._averaging is not None:
+            if getattr(self, "_averaged_for", None) is not self._averaging:
+                self._averaged_classify, self._averaged_for = self._averaging.averaged_classify(), self._averaging
+            return self._averaged_classify
         model = self.classifier_model()
         if getattr(self, "_classify_for", None) is not model:
             self._classify = tf.function(lambda images: model.classify(images, training=False), reduce_retracing=True)
             self._classify_for = model
         return self._classify
+
+    def begin_averaging(self) -> None:
+        """After ``self.trainer`` (a ``gan.GANTrainer``) is compiled: ``classifier`` scores its averages."""
+        self._averaging = self.trainer if self.trainer._c_average else None
+
+    def end_averaging(self) -> None:
+        """When the task ends: the averages become the weights, and ``classifier`` the live one."""
+        self.trainer.swap_in_averages()
+        self._averaging = None
 
     def classifier_model(self) -> keras.Model:
         """The Keras object whose variables the exported classifier carries."""

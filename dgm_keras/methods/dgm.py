@@ -104,9 +104,7 @@ class DGMTrainer(gan.GANTrainer):
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
         # Weight averages (--generator_ema, --classifier_ema): the masks stay the task's own last ones.
-        self.g_averaged = [v for v in self.g_vars if v.path not in self.embedding_vars]
-        self._g_average = gan.moving_averages(self.g_averaged, hp.generator_ema, "g_average")
-        self._c_average = gan.moving_averages(self.classifier.trainable_variables, hp.classifier_ema, "c_average")
+        self.average_weights([v for v in self.g_vars if v.path not in self.embedding_vars], self.classifier, hp)
         # The critic step classifies too when the classifier is the critic's trunk with the combined
         # schedule, and (for the AC term of G's loss) when G needs the critic's labels.
         self.critic_classifies = (not self.separate and hp.classifier_steps == "combined") or (
@@ -163,30 +161,13 @@ class DGMTrainer(gan.GANTrainer):
             values.update(self.classifier_steps(batch))
         values.update(self.critic_step(batch, s))
         values.update(self.generator_step(ops.shape(values.pop("real_x"))[0], s))
-        gan.update_averages(self._g_average, self.g_averaged, self.hp.generator_ema, self.task_step, self.hp.ema_warmup)
-        gan.update_averages(self._c_average, self.classifier.trainable_variables, self.hp.classifier_ema, self.task_step,
-                            self.hp.ema_warmup)
+        self.update_weight_averages()
         return self.record(values)
 
-    def swap_in_averages(self):
-        """When the task ends, the averaged weights become the weights. Entries that past tasks
-        reserved are kept as they are (bitwise: their average may differ in the last bit)."""
-        for v, average in zip(self.g_averaged, self._g_average):
-            v.assign(ops.where(self._protect[v.path] > 0, average, v) if v.path in self._protect else average)
-        for v, average in zip(self.classifier.trainable_variables, self._c_average):
-            v.assign(average)
-
-    def averaged_classify(self):
-        """logits from the classifier's averaged weights, without touching its live ones: what
-        the task would end with if it ended now, so that the validation selector scores at an
-        epoch's end the classifier that is evaluated strictly and exported (``swap_in_averages``)."""
-        mapping = list(zip(self.classifier.trainable_variables, self._c_average))
-
-        def classify(images):
-            with keras.StatelessScope(state_mapping=[(v, average.value) for v, average in mapping]):
-                return self.classifier.classify(images, training=False)
-
-        return tf.function(classify, reduce_retracing=True)
+    def kept_average(self, variable, average):
+        """Entries that past tasks reserved keep their bits (their average may differ in the last bit)."""
+        protect = self._protect.get(variable.path)
+        return average if protect is None else ops.where(protect > 0, average, variable)
 
     def classifier_steps(self, batch):
         """The classifier on real and replayed images, in steps of its own optimizer."""
@@ -359,7 +340,7 @@ class DGM(base.ContinualMethod):
         own_steps = self.hp.classifier == "separate" or self.hp.classifier_steps == "reference"
         self.trainer.compile(*gan.optimizers(self.hp), gan.adam(self.hp, self.hp.c_lr) if own_steps else None,
                              jit_compile=self.hp.jit_compile)
-        self._averaging = self.trainer if self.trainer._c_average else None
+        self.begin_averaging()
 
     def grown(self, net, seen, name):
         """The discriminator (or separate classifier) with a head over the ``seen`` classes."""
@@ -374,18 +355,8 @@ class DGM(base.ContinualMethod):
             replay_batch = self.hp.batch_size * task  # one batch per past task, as the reference code
         return gan.replay_pipeline(train, self.replay, self.hp, task, replay_batch)
 
-    def classifier(self):
-        """While a task trains with ``--classifier_ema``, the averaged classifier (see
-        ``DGMTrainer.averaged_classify``); otherwise the live one, which the averages have become."""
-        if self._averaging is None:
-            return super().classifier()
-        if getattr(self, "_averaged_for", None) is not self._averaging:
-            self._averaged_classify, self._averaged_for = self._averaging.averaged_classify(), self._averaging
-        return self._averaged_classify
-
     def end_task(self, task):
-        self.trainer.swap_in_averages()
-        self._averaging = None
+        self.end_averaging()
         # Averaged weights need statistics of their own: the moving ones were gathered under the live weights.
         if self.hp.generator_bn == "reestimate" or self.hp.generator_ema:
             self.reestimate_generator_bn(task)
@@ -400,17 +371,11 @@ class DGM(base.ContinualMethod):
         """Sets the task head's batch-norm statistics to the exact mean and variance of its inputs
         under the task's final mask: the moving average (momentum 0.99) has seen only the task's
         few hundred steps and still leans on its initial 0 and 1, which replay and exports use."""
-        rng = np.random.default_rng(self.hp.seed * 7919 + task)
         classes = np.array(list(self.scenario.task_classes(task)), np.int32)
-        feats = []
-        for i in range(0, num, batch):
-            z = rng.standard_normal((batch, self.gen.nz)).astype(np.float32)
-            y = classes[rng.integers(0, len(classes), batch)]
-            feats.append(ops.convert_to_numpy(self.gen.head_inputs(z, y, s=self.hp.s_max)))
-        feats = np.concatenate(feats).astype(np.float64)
-        norm = self.gen.task_norms[self.gen.num_past_tasks]
-        norm.moving_mean.assign(feats.mean(axis=(0, 1, 2)).astype(np.float32))
-        norm.moving_variance.assign(feats.var(axis=(0, 1, 2)).astype(np.float32))
+        gan.exact_batch_norm(self.gen.task_norms[self.gen.num_past_tasks],
+                             lambda z, y: self.gen.head_inputs(z, y, s=self.hp.s_max), self.gen.nz,
+                             lambda rng, n: classes[rng.integers(0, len(classes), n)], self.hp.seed * 7919 + task,
+                             num, batch)
 
     # -- what is evaluated and exported
     def classifier_model(self):

@@ -42,6 +42,7 @@ class DGRTrainer(gan.GANTrainer):
         # One optimizer for the critic and the solver: their variables are disjoint and Adam is
         # per variable, so this is two Adam updates at the critic's learning rate.
         self.d_vars = critic.head_variables("critic") + solver.head_variables("classifier")
+        self.average_weights(self.g_vars, solver, hp)
 
     def score(self, images):
         return self.critic(images, training=True)[0]
@@ -54,6 +55,7 @@ class DGRTrainer(gan.GANTrainer):
                                       self.current_share)
         values = self.discriminator_step(images, real_y, replay_y, weights, gan.batch_parts(real_x, replay_x))
         values.update(self.generator_step(ops.shape(images)[0]))
+        self.update_weight_averages()
         return self.record(values)
 
     def discriminator_step(self, images, real_y, replay_y, weights, parts):
@@ -117,12 +119,13 @@ class DGR(base.ContinualMethod):
         self.trainer = DGRTrainer(self.gen, self.critic, self.solver, self.scenario.task_classes(task),
                                   task * self.scenario.classes_per_task, self.hp)
         self.trainer.compile(*gan.optimizers(self.hp), jit_compile=self.hp.jit_compile)
+        self.begin_averaging()
 
     def pipeline(self, task, train) -> tf.data.Dataset:
         return gan.replay_pipeline(train, self.replay, self.hp, task)
 
     def end_task(self, task):
-        pass
+        gan.end_plain_generator_task(self, task, None)
 
     # -- what is evaluated and exported
     def classifier_model(self):

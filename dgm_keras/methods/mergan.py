@@ -57,6 +57,7 @@ class MeRGANTrainer(gan.GANTrainer):
         self.current_share = len(task_classes) / (len(task_classes) + num_past_classes)
         self.g_vars = generator.trainable_variables
         self.d_vars = discriminator.trainable_variables
+        self.average_weights(self.g_vars, discriminator, hp)
 
     def train_step(self, batch):
         """The critic step, then the generator step, in one compiled function."""
@@ -69,6 +70,7 @@ class MeRGANTrainer(gan.GANTrainer):
         parts = gan.batch_parts(real_x, replay_x)
         values = self.critic_step(images, labels, real_y, replay_y, weights, parts)
         values.update(self.generator_step(labels, weights, parts))
+        self.update_weight_averages()
         return self.record(values)
 
     def critic_step(self, images, labels, real_y, replay_y, weights, parts):
@@ -161,11 +163,14 @@ class MeRGAN(base.ContinualMethod):
         aligned = self.previous if self.hp.mergan_mode == "ra" else None
         self.trainer = MeRGANTrainer(self.gen, self.disc, aligned, self.scenario.task_classes(task), past, self.hp)
         self.trainer.compile(*gan.optimizers(self.hp), jit_compile=self.hp.jit_compile)
+        self.begin_averaging()
 
     def pipeline(self, task, train) -> tf.data.Dataset:
         return gan.replay_pipeline(train, self.replay, self.hp, task)
 
     def end_task(self, task):
+        seen = self.scenario.seen_classes(task)  # the generator draws every class seen so far
+        gan.end_plain_generator_task(self, task, lambda rng, n: rng.integers(0, seen, n).astype(np.int32))
         self.previous = None  # only needed while the next task begins; taken again then
 
     # -- what is evaluated and exported
