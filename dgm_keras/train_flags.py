@@ -101,7 +101,8 @@ _rule("d_lr", lambda v: v > 0, "a positive number")
 for _name in ("beta_1", "beta_2"):
     _float(_name, getattr(_HP, _name), f"Adam {_name}, in [0, 1).", DGM)
     _rule(_name, lambda v: 0 <= v < 1, "a number in [0, 1)")
-_float("gp_weight", _HP.gp_weight, "WGAN-GP gradient penalty weight.", DGM, lower=0)
+_float("gp_weight", _HP.gp_weight, "WGAN-GP gradient penalty weight (10: the WGAN-GP paper's, chosen on validation; "
+       "the DGM reference code's 1 is in its *_paper flagfiles).", DGM, lower=0)
 flags.DEFINE_enum("d_norm", _HP.d_norm, ["layer", "batch"],
                   "Critic normalisation: layer (WGAN-GP's advice) or batch (the reference code).", module_name=DGM)
 _float("sparsity_weight", _HP.sparsity_weight, "lambda of DGM's sparsity regulariser R_t (the reference code: 0.08).",

@@ -34,11 +34,14 @@ def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, spa
     assert origin["sources"]["sparsity_weight"] == file
     # Measured with HAT's annealed masks, so the file keeps them under the main command's constant ones.
     assert values["mask_gradient"] == "annealed" and origin["sources"]["mask_gradient"] == file
+    # And the reference code's lambda_gp 1, under the main command's 10 (session 14).
+    assert values["gp_weight"] == 1.0 and origin["sources"]["gp_weight"] == file
     assert values["epochs_per_task"] == 5
     assert origin["sources"]["g_lr"] == file and origin["sources"]["ngf"] == "default"
     assert origin["sources"]["dataset"] == "command line"
     mnist, mnist_origin = _resolve(tmp_path)
     assert mnist["g_lr"] == 2e-3 and mnist["sparsity_weight"] == 1.0 and mnist_origin["file"] == "flags/mnist_dgmw.cfg"
+    assert mnist["gp_weight"] == 10.0 and mnist_origin["sources"]["gp_weight"] == "default"
 
 
 def test_a_user_flag_always_wins_and_is_recorded_as_such(tmp_path):
