@@ -202,13 +202,13 @@ class GANTrainer(keras.Model):
         d_optimizer.build(self.d_vars)
 
     # -- Polyak averages of the weights (--generator_ema, --classifier_ema)
-    def average_weights(self, generator_vars: list, classifier: keras.Model, hp: config.HyperParams) -> None:
+    def average_weights(self, generator_vars: list, classifier: keras.Model) -> None:
         """Keeps moving averages of ``generator_vars`` and of ``classifier``'s weights (at the decays
-        of ``hp``; 0: none), which ``swap_in_averages`` makes the weights when the task ends. They
+        of ``self.hp``; 0: none), which ``swap_in_averages`` makes the weights when the task ends. They
         are attributes of the trainer, so step checkpoints carry them and a resumed task averages on."""
         self.g_averaged, self.averaged_classifier = list(generator_vars), classifier
-        self._g_average = moving_averages(self.g_averaged, hp.generator_ema, "g_average")
-        self._c_average = moving_averages(classifier.trainable_variables, hp.classifier_ema, "c_average")
+        self._g_average = moving_averages(self.g_averaged, self.hp.generator_ema, "g_average")
+        self._c_average = moving_averages(classifier.trainable_variables, self.hp.classifier_ema, "c_average")
 
     def update_weight_averages(self) -> None:
         """One step of both averages, before ``record`` counts the step."""

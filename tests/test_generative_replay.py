@@ -262,6 +262,8 @@ def test_gan_baselines_swap_in_weight_averages_with_batch_norm_statistics_of_the
     g_average = [a.numpy().copy() for a in trainer._g_average]
     c_average = [a.numpy().copy() for a in trainer._c_average]
     assert len(g_average) == len(method.gen.trainable_variables) and len(c_average) == len(live)
+    in_trainer = {id(v) for v in trainer.variables}  # what a step checkpoint of the trainer carries
+    assert all(id(a) in in_trainer for a in trainer._g_average + trainer._c_average)
     scored = np.asarray(method.classifier()(images))
     assert np.abs(scored - live_logits).max() > 1e-3  # the selector scores the averages, not the live weights
     for v, value in zip(classifier.trainable_variables, live):

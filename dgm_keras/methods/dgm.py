@@ -104,7 +104,7 @@ class DGMTrainer(gan.GANTrainer):
         self.g_vars = [v for v in generator.trainable_variables if v.path.split("/")[1] not in past_heads]
         self.embedding_vars = {v.path for layer in generator.masked_layers for v in layer.embeddings.values()}
         # Weight averages (--generator_ema, --classifier_ema): the masks stay the task's own last ones.
-        self.average_weights([v for v in self.g_vars if v.path not in self.embedding_vars], self.classifier, hp)
+        self.average_weights([v for v in self.g_vars if v.path not in self.embedding_vars], self.classifier)
         # The critic step classifies too when the classifier is the critic's trunk with the combined
         # schedule, and (for the AC term of G's loss) when G needs the critic's labels.
         self.critic_classifies = (not self.separate and hp.classifier_steps == "combined") or (

@@ -42,7 +42,7 @@ class DGRTrainer(gan.GANTrainer):
         # One optimizer for the critic and the solver: their variables are disjoint and Adam is
         # per variable, so this is two Adam updates at the critic's learning rate.
         self.d_vars = critic.head_variables("critic") + solver.head_variables("classifier")
-        self.average_weights(self.g_vars, solver, hp)
+        self.average_weights(self.g_vars, solver)
 
     def score(self, images):
         return self.critic(images, training=True)[0]

@@ -57,7 +57,7 @@ class MeRGANTrainer(gan.GANTrainer):
         self.current_share = len(task_classes) / (len(task_classes) + num_past_classes)
         self.g_vars = generator.trainable_variables
         self.d_vars = discriminator.trainable_variables
-        self.average_weights(self.g_vars, discriminator, hp)
+        self.average_weights(self.g_vars, discriminator)
 
     def train_step(self, batch):
         """The critic step, then the generator step, in one compiled function."""
