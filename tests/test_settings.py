@@ -127,12 +127,15 @@ def test_a_flagfile_s_values_are_recorded_as_that_file_s_not_as_typed(tmp_path):
     values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
     paths = dict(data_dir=str(tmp_path / "data"), workdir=str(tmp_path / "work"), export_dir=str(tmp_path / "exp"))
     given = {n: s for n, s in typed.items() if n in values}
-    values.update(paths, dataset="cifar10", method="dgmw", ngf=12, epochs_per_task=7, seed=3, sparsity_weight=8.0)
+    values.update(paths, dataset="cifar10", method="dgmw", ngf=12, epochs_per_task=7, seed=3, sparsity_weight=8.0,
+                  gp_weight=1.0)
     resolved, origin = train.resolve(values, given={**given, **dict.fromkeys(paths, "command line")})
     assert origin["sources"]["ngf"] == "flags/cifar10_dgmw_long.cfg" and resolved["ngf"] == 12
     assert origin["sources"]["epochs_per_task"] == "command line" and resolved["epochs_per_task"] == 7
     lines = train.describe_settings(resolved, origin).splitlines()
-    assert lines[2] == "  from flags/cifar10_dgmw_long.cfg (--flagfile): ngf=12"
+    # The long file pins lambda_gp 1 (it was measured so) over the nested file's 10: a later line wins.
+    assert typed["gp_weight"] == "flags/cifar10_dgmw_long.cfg"
+    assert lines[2] == "  from flags/cifar10_dgmw_long.cfg (--flagfile): ngf=12 gp_weight=1.0"
     assert lines[-1] == "  from the command line: epochs_per_task=7 seed=3"
 
 
