@@ -321,11 +321,13 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
         results.update({f"{k}_selected": v for k, v in evaluation.summarise(results["accuracy_matrix_selected"]).items()})
         results["method_report"] = method.report()
         results["parameters"] = method.parameter_counts()
-        own, task_classes, seen = strict["per_task"][task], len(scenario.task_classes(task)), scenario.seen_classes(task)
-        if evaluation.near_chance(own, task_classes, seen):
-            warning = (f"warning: task {task + 1} ends near chance on its own classes: {100 * own:.2f}% (chance "
-                       f"{100 * evaluation.chance_level(task_classes, seen):.2f}%, warned at <= {evaluation.CHANCE_FACTOR}x); "
-                       "the training diverged or was far too short: try lower learning rates (--d_lr, --g_lr) or more steps")
+        weak = evaluation.class_near_chance(strict["per_class"], scenario.task_classes(task))
+        if weak is not None:
+            seen = scenario.seen_classes(task)
+            warning = (f"warning: task {task + 1} ends near chance on its own class {scenario.class_names[weak]}: "
+                       f"{100 * strict['per_class'][weak]:.2f}% (chance {100 * evaluation.chance_level(seen):.2f}% among "
+                       f"the {seen} seen classes, warned at <= {evaluation.CHANCE_FACTOR}x); the training diverged, was "
+                       "far too short, or cannot tell this class apart: try lower learning rates (--d_lr, --g_lr) or more steps")
             results["warnings"].append(warning)
             log(warning)
         if losses.get("sparsity", 0.0) >= FULL_MASK_WARNING:
