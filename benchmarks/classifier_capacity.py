@@ -6,6 +6,8 @@ Trains, on the run's training split (the training set less its validation tenth)
 classes at once, for the same epochs, batch and optimizer:
 - **ours**: the discriminator's trunk and classifier head (conv 5x5/2 32-64-128, layer norm, a
   dense head: the classifier every method of the harness evaluates and exports);
+- **pooled**: the same with ``--d_trunk=pooled`` (the tutorial's convolutions, pooling and dense
+  64, with our layer norm and LeakyReLU);
 - **tutorial**: the TensorFlow CNN tutorial's network (conv 3x3 32-64-64 with max pooling,
   dense 64; tensorflow.org/tutorials/images/cnn), for which the tutorial reports "a test
   accuracy of over 70%" on CIFAR-10 after 10 epochs: the literature figure of a network of
@@ -35,7 +37,7 @@ flags.DEFINE_integer("epochs", 10, "Epochs for each network (the tutorial's 10).
 flags.DEFINE_integer("batch_size", 64, "Batch size for each network.", lower_bound=1)
 flags.DEFINE_float("lr", 1e-3, "Adam's learning rate for each network (Keras' default, the tutorial's).")
 flags.DEFINE_float("validation_fraction", 0.1, "Held out of train, as the runs do (CIFAR-10's settings: 0.1).")
-flags.DEFINE_list("networks", ["ours", "tutorial"], "Which networks: ours, tutorial.")
+flags.DEFINE_list("networks", ["ours", "pooled", "tutorial"], "Which networks: ours, pooled, tutorial.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation and shuffling.")
 
@@ -67,13 +69,13 @@ def main(argv):
     for name in FLAGS.networks:
         keras.utils.set_random_seed(FLAGS.seed)
         optimizer = keras.optimizers.Adam(FLAGS.lr)
-        if name == "ours":
-            model = project_classifier(shape, classes, "layer", optimizer)
+        if name in ("ours", "pooled"):
+            model = project_classifier(shape, classes, "layer", optimizer, "strided" if name == "ours" else "pooled")
         elif name == "tutorial":
             model = tutorial_network(shape, classes)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         else:
-            raise SystemExit(f"classifier_capacity: --networks={name!r} is not allowed; allowed: ours, tutorial")
+            raise SystemExit(f"classifier_capacity: --networks={name!r} is not allowed; allowed: ours, pooled, tutorial")
         start = time.time()
         model.fit(d.train.images, d.train.labels, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, verbose=0, shuffle=True)
         seconds = time.time() - start

@@ -100,13 +100,13 @@ def score(images, labels, class_order, ref) -> list[float]:
     return [float(np.mean(pred[labels == c] == original)) for c, original in enumerate(class_order[: labels.max() + 1])]
 
 
-def project_classifier(input_shape, classes: int, norm: str, optimizer):
+def project_classifier(input_shape, classes: int, norm: str, optimizer, trunk: str = "strided"):
     """DGM's classifier as a plain Keras model: the discriminator's trunk and classifier head."""
     import keras  # noqa: PLC0415
 
     from dgm_keras import networks  # noqa: PLC0415
 
-    net = networks.Discriminator(classes, norm=norm).build_all(input_shape[-1])
+    net = networks.Discriminator(classes, norm=norm, trunk=trunk).build_all(input_shape[-1])
     inputs = keras.Input(input_shape)
     model = keras.Model(inputs, net.classify(inputs))
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])

@@ -25,6 +25,7 @@ MERGAN_MODES = ("jtr", "ra")
 # How DGM learns (issue 11): each choice is a flag; docs/RESULTS.md has the measurements behind its default.
 MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compensation, or the compensated gradient at every step
 CLASSIFIERS = ("shared", "separate")  # the critic's trunk (the paper), or a trunk of its own
+D_TRUNKS = ("strided", "pooled")  # the discriminator's trunk (networks.Discriminator)
 CLASSIFIER_STEPS = ("combined", "reference")  # one step on real + replay inside the critic step, or the reference's t+1 steps
 GENERATOR_BN = ("moving", "reestimate")
 CLASSIFIER_DATA = ("real", "generated")  # the current task's real images (the paper), or its generated ones
@@ -91,6 +92,7 @@ class HyperParams:
     # critic keeps its gradients in the trunk the classifier shares small. The flagfiles measured at 1 keep it.
     gp_weight: float = 10.0
     d_norm: str = "layer"
+    d_trunk: str = "strided"  # the paper's critic trunk; "pooled": a classification network's (D_TRUNKS)
     # Re-tuned on validation for masks that learn all task (mask_gradient "constant"; docs/RESULTS.md,
     # session 13, MNIST 10x1, 3 seeds): 82.39 +- 2.70 against 80.15 +- 4.80 for HAT's annealed gradient at
     # 8.0, the default before. 8.0 had been 100x the reference code's 0.08 because the annealed masks stop

@@ -82,7 +82,7 @@ def expand_generator(old: networks.Generator, name: str | None = None) -> networ
 def grow_discriminator(old: networks.Discriminator, num_classes: int, channels: int,
                        fresh: bool = False) -> networks.Discriminator:
     """A discriminator whose classifier head covers ``num_classes``; old rows kept unless ``fresh``."""
-    new = networks.Discriminator(num_classes, old.widths, old.norm, name=old.name).build_all(channels)
+    new = networks.Discriminator(num_classes, old.widths, old.norm, old.trunk_kind, name=old.name).build_all(channels)
     if not fresh:
         carry_weights(old, new)
     return new

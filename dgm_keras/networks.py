@@ -12,6 +12,7 @@ import math
 import keras
 from keras import layers, ops
 
+from dgm_keras import config
 from dgm_keras import layers as masked
 
 NZ = 128  # latent size; the one-hot label is written into its first entries
@@ -144,28 +145,45 @@ class PlainGenerator(keras.Model):
                     name=self.name)
 
 
-class Discriminator(keras.Model):
-    """conv5x5/2 32 -> 64 -> 128 (BN, LeakyReLU), flatten, a WGAN critic head and an
-    auxiliary classifier head over the ``num_classes`` classes seen so far (the continual
-    classifier that is evaluated, exported and served)."""
+# The discriminator's trunk (--d_trunk). "strided": conv 5x5/2 32-64-128, the paper's and the reference
+# code's, built to be a WGAN-GP critic. "pooled": conv 3x3 32-64-64 with max pooling and a dense 64, the
+# TensorFlow CNN tutorial's classifier: trained alike on all of CIFAR-10 it reached 69.35% test against the
+# strided trunk's 62.49%, with 40% of the weights (benchmarks/classifier_capacity.py, docs/RESULTS.md).
 
-    def __init__(self, num_classes: int, widths=(32, 64, 128), norm: str = "layer", **kwargs):
+
+class Discriminator(keras.Model):
+    """A trunk (``config.D_TRUNKS``; normalised, LeakyReLU), a WGAN critic head and an auxiliary classifier
+    head over the ``num_classes`` classes seen so far (the continual classifier that is evaluated,
+    exported and served)."""
+
+    def __init__(self, num_classes: int, widths=None, norm: str = "layer", trunk: str = "strided", **kwargs):
         super().__init__(**kwargs)
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r}; allowed: {', '.join(NORMS)}")
-        self.num_classes, self.widths, self.norm = int(num_classes), tuple(widths), norm
+        if trunk not in config.D_TRUNKS:
+            raise ValueError(f"trunk={trunk!r}; allowed: {', '.join(config.D_TRUNKS)}")
+        default_widths = {"strided": (32, 64, 128), "pooled": (32, 64, 64)}[trunk]
+        self.num_classes, self.norm, self.trunk_kind = int(num_classes), norm, trunk
+        self.widths = tuple(widths or default_widths)
         self.trunk = []
         for i, w in enumerate(self.widths):
-            self.trunk += [layers.Conv2D(w, 5, 2, "same", name=f"conv_{i}"), NORMS[norm](name=f"norm_{i}"),
-                           layers.LeakyReLU(0.2)]
+            conv = (layers.Conv2D(w, 5, 2, "same", name=f"conv_{i}") if trunk == "strided"
+                    else layers.Conv2D(w, 3, name=f"conv_{i}"))
+            self.trunk += [conv, NORMS[norm](name=f"norm_{i}"), layers.LeakyReLU(0.2)]
+            if trunk == "pooled" and i < len(self.widths) - 1:
+                self.trunk.append(layers.MaxPooling2D(name=f"pool_{i}"))
         self.flatten = layers.Flatten()
+        self.dense = [layers.Dense(64, name="fc"), layers.LeakyReLU(0.2)] if trunk == "pooled" else []
         self.critic = layers.Dense(1, name="critic")
         self.classifier = layers.Dense(self.num_classes, name="classifier")
 
     def features(self, x, training=False):
         for layer in self.trunk:
             x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
-        return self.flatten(x)
+        x = self.flatten(x)
+        for layer in self.dense:
+            x = layer(x)
+        return x
 
     def call(self, x, training=False):
         h = self.features(x, training)
@@ -189,10 +207,17 @@ class Discriminator(keras.Model):
         return self
 
     def get_config(self):
-        return dict(num_classes=self.num_classes, widths=self.widths, norm=self.norm, name=self.name)
+        return dict(num_classes=self.num_classes, widths=self.widths, norm=self.norm, trunk=self.trunk_kind,
+                    name=self.name)
 
 
-def rebuild_discriminator(classes: int | None, norm: str, channels: int, name: str = "discriminator"):
-    """A discriminator with ``classes`` outputs (None: not made yet), for a checkpoint to fill."""
-    return None if classes is None else Discriminator(classes, norm=norm, name=name).build_all(channels)
+def make_discriminator(classes: int, hp, channels: int, name: str = "discriminator") -> Discriminator:
+    """A discriminator (or classifier, solver, critic) with ``classes`` outputs, of the run's
+    ``hp.d_norm`` and ``hp.d_trunk``: the one place every method builds one."""
+    return Discriminator(classes, norm=hp.d_norm, trunk=hp.d_trunk, name=name).build_all(channels)
+
+
+def rebuild_discriminator(classes: int | None, hp, channels: int, name: str = "discriminator"):
+    """As ``make_discriminator``, or None where the checkpoint holds none yet, for a checkpoint to fill."""
+    return None if classes is None else make_discriminator(classes, hp, channels, name)
 

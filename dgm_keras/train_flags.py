@@ -105,6 +105,10 @@ _float("gp_weight", _HP.gp_weight, "WGAN-GP gradient penalty weight (10: the WGA
        "the DGM reference code's 1 is in its *_paper flagfiles).", DGM, lower=0)
 flags.DEFINE_enum("d_norm", _HP.d_norm, ["layer", "batch"],
                   "Critic normalisation: layer (WGAN-GP's advice) or batch (the reference code).", module_name=DGM)
+flags.DEFINE_enum("d_trunk", _HP.d_trunk, list(config.D_TRUNKS),
+                  "The discriminator's trunk, which the classifier shares (or, with --classifier=separate, copies): "
+                  "strided (conv 5x5/2 32-64-128, the paper's critic) or pooled (conv 3x3 32-64-64 with max pooling "
+                  "and a dense 64, the TensorFlow CNN tutorial's classifier).", module_name=DGM)
 _float("sparsity_weight", _HP.sparsity_weight, "lambda of DGM's sparsity regulariser R_t (the reference code: 0.08).",
        DGM, lower=0)
 _float("mask_init", _HP.mask_init, "Initial value of every mask embedding (> 0: layers start dense).", DGM)
@@ -282,7 +286,7 @@ flags.register_multi_flags_validator(["classifier_data", "classifier", "classifi
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",
               "seed", "jit_compile", "resume_from", "restart",
-              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "sparsity_weight", "mask_init", "s_max",
+              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "d_trunk", "sparsity_weight", "mask_init", "s_max",
               "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "generator_ema", "classifier_ema", "ema_warmup", "replay",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after",

@@ -345,7 +345,7 @@ class DGM(base.ContinualMethod):
     def grown(self, net, seen, name):
         """The discriminator (or separate classifier) with a head over the ``seen`` classes."""
         if net is None:
-            return networks.Discriminator(seen, norm=self.hp.d_norm, name=name).build_all(self.channels)
+            return networks.make_discriminator(seen, self.hp, self.channels, name)
         return expansion.grow_discriminator(net, seen, self.channels, fresh=self.hp.reinit_discriminator and
                                             name == "discriminator")
 
@@ -401,8 +401,8 @@ class DGM(base.ContinualMethod):
     def set_state(self, state, task_data):
         self.gen = networks.Generator(**state["generator"]).build_all()
         classes = state["discriminator_classes"]
-        self.disc = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels)
-        self.cls = networks.rebuild_discriminator(state.get("classifier_classes"), self.hp.d_norm, self.channels,
+        self.disc = networks.rebuild_discriminator(classes, self.hp, self.channels)
+        self.cls = networks.rebuild_discriminator(state.get("classifier_classes"), self.hp, self.channels,
                                                   name="classifier")
         self.sizes, self.mask_bytes = list(state["sizes"]), list(state["mask_bytes"])
         self.replay_counts, self.reserved_fraction = list(state["replay_counts"]), list(state["reserved_fraction"])

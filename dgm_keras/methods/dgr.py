@@ -92,7 +92,7 @@ class DGR(base.ContinualMethod):
         super().__init__(scenario, channels, hp)
         self.gen = networks.PlainGenerator((4 * hp.ngf, 2 * hp.ngf, hp.ngf), 0, channels,
                                            name="generator").build_all()
-        self.critic = networks.Discriminator(1, norm=hp.d_norm, name="critic").build_all(channels)
+        self.critic = networks.make_discriminator(1, hp, channels, "critic")
         self.solver = None
         self.replay = None
         self.replay_label_counts: list[list[int]] = []
@@ -114,7 +114,7 @@ class DGR(base.ContinualMethod):
             self.replay = None
             self.replay_label_counts.append([])
         seen = self.scenario.seen_classes(task)
-        self.solver = (networks.Discriminator(seen, norm=self.hp.d_norm, name="solver").build_all(self.channels)
+        self.solver = (networks.make_discriminator(seen, self.hp, self.channels, "solver")
                        if self.solver is None else expansion.grow_discriminator(self.solver, seen, self.channels))
         self.trainer = DGRTrainer(self.gen, self.critic, self.solver, self.scenario.task_classes(task),
                                   task * self.scenario.classes_per_task, self.hp)
@@ -148,7 +148,7 @@ class DGR(base.ContinualMethod):
 
     def set_state(self, state, task_data):
         classes = state["solver_classes"]
-        self.solver = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels, name="solver")
+        self.solver = networks.rebuild_discriminator(classes, self.hp, self.channels, name="solver")
         self.replay_label_counts = [list(c) for c in state["replay_label_counts"]]
 
     def report(self):

@@ -143,7 +143,7 @@ class ICaRL(supervised.Supervised):
     def begin_task(self, task, train):
         previous = self.disc
         seen = self.scenario.seen_classes(task)
-        self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.disc = (networks.make_discriminator(seen, self.hp, self.channels)
                      if previous is None else expansion.grow_discriminator(previous, seen, self.channels))
         self.nme = NearestMeanClassifier(self.disc, self.feature_size(), name="nearest_mean_classifier")
         self.task_train, self.task = train, task
@@ -207,8 +207,7 @@ class ICaRL(supervised.Supervised):
     def set_state(self, state, task_data):
         if state["classes"] is None:
             return
-        self.disc = networks.Discriminator(state["classes"], norm=self.hp.d_norm, name="discriminator").build_all(
-            self.channels)
+        self.disc = networks.make_discriminator(state["classes"], self.hp, self.channels)
         self.nme = NearestMeanClassifier(self.disc, self.feature_size(), name="nearest_mean_classifier")
         for label, indices in state["exemplars"].items():
             label = int(label)

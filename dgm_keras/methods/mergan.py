@@ -157,7 +157,7 @@ class MeRGAN(base.ContinualMethod):
                                            labels)
         self.replay_counts.append(0 if self.replay is None else len(self.replay.labels))
         seen = self.scenario.seen_classes(task)
-        self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels)
+        self.disc = (networks.make_discriminator(seen, self.hp, self.channels)
                      if self.disc is None else
                      expansion.grow_discriminator(self.disc, seen, self.channels, fresh=self.hp.reinit_discriminator))
         aligned = self.previous if self.hp.mergan_mode == "ra" else None
@@ -187,7 +187,7 @@ class MeRGAN(base.ContinualMethod):
 
     def set_state(self, state, task_data):
         classes = state["discriminator_classes"]
-        self.disc = networks.rebuild_discriminator(classes, self.hp.d_norm, self.channels)
+        self.disc = networks.rebuild_discriminator(classes, self.hp, self.channels)
         self.replay_counts = list(state["replay_counts"])
 
     def report(self):

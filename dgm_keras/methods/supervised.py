@@ -55,7 +55,7 @@ class Supervised(base.ContinualMethod):
 
     def begin_task(self, task, train):
         seen = self.scenario.seen_classes(task)
-        self.disc = (networks.Discriminator(seen, norm=self.hp.d_norm, name="discriminator").build_all(self.channels) if self.disc is None
+        self.disc = (networks.make_discriminator(seen, self.hp, self.channels) if self.disc is None
                      else expansion.grow_discriminator(self.disc, seen, self.channels))
         self.seen = [*self.seen, train] if self.joint else [train]
         self.task_data = self.seen[0] if len(self.seen) == 1 else data.SplitArrays(
@@ -83,7 +83,7 @@ class Supervised(base.ContinualMethod):
         return {"classes": None if self.disc is None else self.disc.num_classes, "tasks_seen": len(self.seen)}
 
     def set_state(self, state, task_data):
-        self.disc = networks.rebuild_discriminator(state["classes"], self.hp.d_norm, self.channels)
+        self.disc = networks.rebuild_discriminator(state["classes"], self.hp, self.channels)
         self.seen = [task_data(t) for t in range(state["tasks_seen"])] if self.joint else []
 
     def classifier_model(self):
