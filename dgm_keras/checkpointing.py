@@ -20,6 +20,7 @@ Networks grow between tasks, so a restore first rebuilds the method to the recor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import keras
 import tensorflow as tf
 from keras.src.random import seed_generator
 
-from dgm_keras import chunks, runfolders
+from dgm_keras import chunks, config, runfolders
 
 STATE_FILE = "state.json"
 FORMAT = 2  # 2: past masks stored as packed bits (layers.PackedMasks); format-1 checkpoints hold uint8 masks
@@ -133,6 +134,11 @@ class RunCheckpoints:
         if state.get("task_done", -1) < 0 and not state.get("step"):
             return None  # written at the start of a run that stopped before its first checkpoint
         # The scenario and method first: they are what a user mixed up, more often than a learning rate.
+        # A setting added to the code after the checkpoint was written is absent from its identity; at
+        # its default (which runs what the code did before it) it is not a difference (d_trunk, session 16).
+        added = {k: v for k, v in dataclasses.asdict(config.HyperParams()).items()
+                 if k in self.identity and k not in recorded}
+        recorded = {**added, **recorded}
         differ = runfolders.first_difference(recorded, self.identity)
         if differ:
             k, n = differ

@@ -226,6 +226,27 @@ def test_cli_reports_a_foreign_checkpoint_in_one_line(finished, tmp_path, mnist_
     assert last.startswith("train: the checkpoint in ") and "belongs to another run: method='finetune' there" in last
 
 
+@pytest.mark.parametrize("trunk,resumes", [("strided", True), ("pooled", False)])
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(finished, tmp_path, mnist_small_dir,
+                                                                             trunk, resumes):
+    # Checkpoints written before --d_trunk existed have no d_trunk in their identity: the default
+    # (the trunk they were trained with) resumes them, another value is another run.
+    from dgm_keras import checkpointing, runner
+
+    run = _copy(finished, tmp_path)
+    path = run / "work" / "checkpoints" / "state.json"
+    state = json.loads(path.read_text())
+    del state["identity"]["d_trunk"]
+    path.write_text(json.dumps(state))
+    cfg = _cfg(run, mnist_small_dir, d_trunk=trunk)
+    ckpts = checkpointing.RunCheckpoints(cfg.workdir, runner.run_identity(cfg))
+    if resumes:
+        assert ckpts.load()["task_done"] == 0
+    else:
+        with pytest.raises(checkpointing.CheckpointError, match="d_trunk='strided' there, 'pooled' now"):
+            ckpts.load()
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist_small_dir, monkeypatch, mnist_read_once):
     from dgm_keras import runner
 
