@@ -36,6 +36,7 @@ flags.DEFINE_list("xla", ["false", "true"], "jit_compile settings to measure.")
 flags.DEFINE_list("tasks", ["1", "2", "10"], "Task numbers to measure (1-based).")
 flags.DEFINE_list("schedules", ["combined", "reference"], "DGM's classifier schedules (--classifier_steps): combined "
                   "(one D step an iteration) or reference (the reference code's t+1 classifier steps plus the critic step).")
+flags.DEFINE_list("d_trunks", ["strided"], "Discriminator trunks (--d_trunk): strided (the paper's), pooled.")
 flags.DEFINE_integer("batch_size", 64, "Real images per iteration.")
 flags.DEFINE_integer("steps", 40, "Timed iterations.")
 flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
@@ -100,7 +101,8 @@ def whole_task(task: int, splits, scenario) -> dict:
             "schedule": f"{hp.classifier_steps}+{hp.classifier_data}"}
 
 
-def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk: int) -> tuple[float, float, dict]:
+def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk: int,
+            trunk: str = "strided") -> tuple[float, float, dict]:
     from dgm_keras import data, expansion  # noqa: PLC0415
     from dgm_keras.methods import base, dgm  # noqa: PLC0415
 
@@ -110,7 +112,7 @@ def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk
                           steps_per_task=warmup + steps, jit_compile=xla,
                           ngf=6 if mode == "weight" else 20, replay_per_class=256 if not FLAGS.smoke else 8,
                           s_max=1e4 if mode == "weight" else 1e5, classifier_steps=schedule,
-                          classifier_data="real")  # the reference code's work: the current task from real images
+                          classifier_data="real", d_trunk=trunk)  # the reference code's work: the current task from real images
     method = dgm.DGM(scenario, channels, hp, mask_mode=mode)
     rng = np.random.default_rng(0)
     simulate_past_tasks(method, task, rng)
@@ -171,16 +173,16 @@ def main(argv):
         FLAGS.batch_size, FLAGS.steps, FLAGS.warmup = 8, 2, 1
         FLAGS.steps_per_execution = ["1"]
     channels = {"mnist": 1, "cifar10": 3}
-    print("method shape   task xla   schedule  D steps chunk s/it    it/s   images/s  warm-up(s)  G size  "
+    print("method shape   trunk   task xla   schedule  D steps chunk s/it    it/s   images/s  warm-up(s)  G size  "
           "peak GPU MiB  widths")
-    configs = [(m, sh, x, int(t), sc, int(c)) for m in FLAGS.modes for sh in FLAGS.shapes for x in FLAGS.xla
-               for t in FLAGS.tasks for sc in FLAGS.schedules for c in FLAGS.steps_per_execution]
-    for mode, shape, xla, task, schedule, chunk in configs:
-        per_step, first, info = measure(mode, channels[shape], task, xla == "true", schedule, chunk)
+    configs = [(m, sh, tr, x, int(t), sc, int(c)) for m in FLAGS.modes for sh in FLAGS.shapes for tr in FLAGS.d_trunks
+               for x in FLAGS.xla for t in FLAGS.tasks for sc in FLAGS.schedules for c in FLAGS.steps_per_execution]
+    for mode, shape, trunk, xla, task, schedule, chunk in configs:
+        per_step, first, info = measure(mode, channels[shape], task, xla == "true", schedule, chunk, trunk)
         name = "dgmw" if mode == "weight" else "dgma"
         d_steps = 1 + (task if schedule == "reference" else 0)  # optimizer steps on D (and classifier) an iteration
         peak = "-" if info["peak_gpu_mb"] is None else f"{info['peak_gpu_mb']:.0f}"
-        print(f"{name:6s} {shape:7s} {task:4d} {xla:5s} {schedule:9s} {d_steps:7d} {chunk:5d} {per_step:.4f} "
+        print(f"{name:6s} {shape:7s} {trunk:7s} {task:4d} {xla:5s} {schedule:9s} {d_steps:7d} {chunk:5d} {per_step:.4f} "
               f"{1 / per_step:7.2f} {FLAGS.batch_size / per_step:9.1f}  {first:10.1f}  {info['generator_size']:6d}  "
               f"{peak:>12s}  {info['widths']}", flush=True)
         if "parts" in info:
