@@ -192,7 +192,7 @@ def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, mnist_small_dir):
     proc = subprocess.run([script, "--smoke"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert re.search(r"^dgmw   mnist      1 false combined        1     1 \d+\.\d{4} +\d+\.\d+ ", out, re.M), out
+    assert re.search(r"^dgmw   mnist   strided    1 false combined        1     1 \d+\.\d{4} +\d+\.\d+ ", out, re.M), out
     assert re.search(r"^mnist 2 tasks x 2 steps, XLA False: seconds a task \[\d+\.\d+, \d+\.\d+\], A_t \[", out, re.M), out
     assert "peak GPU memory" in out and re.search(r"gpu_check: done in \d+ s$", out.strip()), out
     bad = subprocess.run([script, "--fast"], capture_output=True, text=True, env=env, timeout=60)
