@@ -147,8 +147,10 @@ class PlainGenerator(keras.Model):
 
 # The discriminator's trunk (--d_trunk). "strided": conv 5x5/2 32-64-128, the paper's and the reference
 # code's, built to be a WGAN-GP critic. "pooled": conv 3x3 32-64-64 with max pooling and a dense 64, the
-# TensorFlow CNN tutorial's classifier: trained alike on all of CIFAR-10 it reached 69.35% test against the
-# strided trunk's 62.49%, with 40% of the weights (benchmarks/classifier_capacity.py, docs/RESULTS.md).
+# TensorFlow CNN tutorial's classifier (here with our norm and LeakyReLU): the tutorial's own network,
+# trained alike on all of CIFAR-10, reached 69.35% test against the strided trunk's 62.49%
+# (benchmarks/classifier_capacity.py). As DGMw's trunk on CIFAR-10 5x2 it measured level on validation
+# at 1.6x the step time, so strided stays the default (docs/RESULTS.md, session 16).
 
 
 class Discriminator(keras.Model):
