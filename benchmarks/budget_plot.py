@@ -4,7 +4,8 @@
         --series="ngf 12=runs/sweep/s11_cifar_budget/ngf12_e2,runs/sweep/s9_cifar_lambda/lam8_ngf12,..."
 
 Each series is ``label=dir,dir,...``: one folder per budget, each a sweep variant (``seed*/``
-beneath it) or a single run (``results.json`` in it). A point is the mean (± std over the
+beneath it) or a single run (``results.json`` in it); ``dir+dir+...`` joins the runs of one
+budget kept in several places (the harness's seeds, each in its own ``--workdir``). A point is the mean (± std over the
 complete seeds) of the last task's **validation** accuracy at that run's epochs a task: the
 budget is a measurement, not a choice, but the test split is kept for settings already chosen.
 A straight line in log(epochs) through each series' points says roughly where a target would
@@ -34,7 +35,7 @@ def runs_in(folder: str) -> list[dict]:
 
 
 def point(folder: str) -> dict:
-    runs = runs_in(folder)
+    runs = [r for part in folder.split("+") for r in runs_in(part)]
     if not runs:
         raise SystemExit(f"budget_plot: {folder}: no complete run (results.json with complete: true, in it or in seed*/)")
     epochs = {r["hyperparameters"]["epochs_per_task"] for r in runs}
@@ -91,7 +92,7 @@ def parse_series(text: str) -> tuple[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", action="append", required=True, help="label=dir,dir,... (one dir a budget); repeat")
+    parser.add_argument("--series", action="append", required=True, help="label=dir,dir,... (one dir a budget, or dir+dir+... for one budget's runs in several places); repeat")
     parser.add_argument("--target", type=float, default=None, help="a reference figure in %% (a dashed line)")
     parser.add_argument("--title", default="Accuracy after the last task against the budget")
     parser.add_argument("--out", default="", help="where to write the figure (.png, .svg, .pdf; none if empty)")

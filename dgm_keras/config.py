@@ -27,9 +27,9 @@ MASK_GRADIENTS = ("annealed", "constant")  # HAT's s ramp with its clipped compe
 CLASSIFIERS = ("shared", "separate")  # the critic's trunk (the paper), or a trunk of its own
 D_TRUNKS = ("strided", "pooled")  # the discriminator's trunk (networks.Discriminator)
 CLASSIFIER_STEPS = ("combined", "reference")  # one step on real + replay inside the critic step, or the reference's t+1 steps
-GENERATOR_BN = ("moving", "reestimate")
+GENERATOR_BN = ("moving", "reestimate")  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
 CLASSIFIER_DATA = ("real", "generated")  # the current task's real images (the paper), or its generated ones
-REPLAY_MODES = ("fixed", "fresh")  # replay drawn once at a task's start (the reference), or anew every iteration (MeRGAN)  # the task head's batch-norm statistics: the moving average, or re-estimated at the task's end
+REPLAY_MODES = ("fixed", "fresh")  # replay drawn once at a task's start (the reference), or anew every iteration (MeRGAN)
 STRATEGIES = ("default", "mirrored", "multiworker")  # --strategy: see dgm_keras/distribution.py
 # Methods whose train steps scale their losses per replica, draw their own rows and keep their
 # statistics as one device would (tests/test_distribution.py): all of them. A new method joins

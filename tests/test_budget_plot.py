@@ -43,3 +43,16 @@ def test_a_folder_without_a_complete_run_is_refused_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"budget_plot: {tmp_path / 'e2'}: no complete run (results.json with "
                                                 "complete: true, in it or in seed*/)"]
+
+
+def test_one_budget_joined_from_runs_in_several_folders(tmp_path):
+    # The harness keeps each seed in its own --workdir: "a+b" is one budget of two runs (33 and 35),
+    # not two budgets; a joined part without a complete run adds nothing.
+    _run(tmp_path / "w0" / "dgmw", 5, 0.33)
+    _run(tmp_path / "w1" / "dgmw", 5, 0.35)
+    _run(tmp_path / "w2" / "dgmw", 5, 0.99, complete=False)
+    joined = "+".join(str(tmp_path / w / "dgmw") for w in ("w0", "w1", "w2"))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "budget_plot.py"), f"--series=h={joined}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "| h | 5 | 2 | 34.00 ± 1.41 | 10.0 |" in proc.stdout
