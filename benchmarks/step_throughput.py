@@ -46,6 +46,9 @@ flags.DEFINE_list("steps_per_execution", ["10"], "Steps per compiled call to mea
 flags.DEFINE_bool("whole_task", False, "Also time a whole task of the main command (DGMw, MNIST 10x1, the defaults, "
                   "real data) at each of --tasks: the replay drawn at its start, its iterations with the epoch-end "
                   "validation scoring, its end (averages, expansion), the test evaluation and the two exports.")
+flags.DEFINE_list("replays", ["fixed"], "--whole_task: DGM's replay rules to time (--replay): fixed (drawn at the task's "
+                  "start), fresh (drawn inside every iteration).")
+flags.DEFINE_integer("epochs_per_task", 0, "--whole_task: epochs of the timed task (0: the main command's).")
 flags.DEFINE_string("data_dir", None, "TFDS data dir holding MNIST, for --whole_task (default: train's).")
 flags.DEFINE_bool("smoke", False, "Tiny and fast (batch 8, 2 timed steps, widths as given): checks the script, "
                   "measures nothing.")
@@ -65,7 +68,7 @@ def simulate_past_tasks(method, task: int, rng) -> None:
         method.gen = expansion.expand_generator(method.gen)
 
 
-def whole_task(task: int, splits, scenario) -> dict:
+def whole_task(task: int, splits, scenario, replay: str = "fixed") -> dict:
     """Seconds of each part of one task of the main command, as ``runner`` runs it (without
     checkpoints and TensorBoard): a task costs more than its iterations."""
     import dataclasses  # noqa: PLC0415
@@ -74,8 +77,9 @@ def whole_task(task: int, splits, scenario) -> dict:
     from dgm_keras import config, evaluation, export, monitoring  # noqa: PLC0415
     from dgm_keras.methods import dgm  # noqa: PLC0415
 
-    hp = dataclasses.replace(config.with_method_defaults("dgmw", 1, config.HyperParams()),
-                             jit_compile=config.use_xla("auto"))  # as the command resolves its default
+    hp = config.with_method_defaults("dgmw", 1, config.HyperParams())
+    hp = dataclasses.replace(hp, jit_compile=config.use_xla("auto"), replay=replay,  # as the command resolves it
+                             epochs_per_task=FLAGS.epochs_per_task or hp.epochs_per_task)
     method = dgm.DGM(scenario, 1, hp, mask_mode="weight")
     simulate_past_tasks(method, task, np.random.default_rng(0))
     train, t = splits.train.of_classes(scenario.task_classes(task - 1)), task - 1
@@ -98,7 +102,7 @@ def whole_task(task: int, splits, scenario) -> dict:
             export.export_generator(method.generator(), scenario, t, f"{out}/g")))
     epochs, steps = method.task_steps(train)
     return {"parts": parts, "steps": epochs * steps, "replay": method.replay_counts[-1],
-            "schedule": f"{hp.classifier_steps}+{hp.classifier_data}"}
+            "schedule": f"{hp.classifier_steps}+{hp.classifier_data}, replay {replay}"}
 
 
 def measure(mode: str, channels: int, task: int, xla: bool, schedule: str, chunk: int,
@@ -194,8 +198,8 @@ def main(argv):
         data.ensure_prepared("mnist", data_dir, None)  # built offline where missing, as train does
         splits = data.load_scenario_data(scenario, data_dir, 0.1)
         print("\nwhole task of the main command (DGMw, MNIST 10x1, defaults), seconds:")
-        for task in sorted({int(t) for t in FLAGS.tasks}):
-            out = whole_task(task, splits, scenario)
+        for task, replay in [(int(t), r) for t in sorted({int(t) for t in FLAGS.tasks}) for r in FLAGS.replays]:
+            out = whole_task(task, splits, scenario, replay)
             parts = "  ".join(f"{k} {v:.1f}" for k, v in out["parts"].items())
             print(f"task {task:2d} ({out['schedule']}, {out['steps']} iterations, {out['replay']} replayed images): "
                   f"total {sum(out['parts'].values()):.1f}  {parts}", flush=True)
