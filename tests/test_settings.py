@@ -25,9 +25,9 @@ def _resolve(tmp_path, **given):
     return train.resolve(values, given=set(given) | set(paths))
 
 
-@pytest.mark.parametrize("dataset,file,sparsity,gp_weight", [("cifar10", "flags/cifar10_dgmw.cfg", 8.0, 10.0),
-                                                             ("svhn_cropped", "flags/svhn_cropped_dgmw.cfg", 0.001, 1.0)])
-def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, sparsity, gp_weight):
+@pytest.mark.parametrize("dataset,file,sparsity,gp_weight,epochs", [
+    ("cifar10", "flags/cifar10_dgmw.cfg", 8.0, 10.0, 10), ("svhn_cropped", "flags/svhn_cropped_dgmw.cfg", 0.001, 1.0, 5)])
+def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, sparsity, gp_weight, epochs):
     values, origin = _resolve(tmp_path, dataset=dataset)
     assert origin["file"] == file
     assert values["g_lr"] == values["d_lr"] == 5e-4 and values["sparsity_weight"] == sparsity
@@ -37,7 +37,8 @@ def test_a_dataset_runs_its_own_settings_not_mnists(tmp_path, dataset, file, spa
     # lambda_gp from the file: SVHN keeps the reference code's 1 it was measured with; CIFAR-10 took 10
     # on its own validation in session 15 (written in the file, so nested files can pin 1 again).
     assert values["gp_weight"] == gp_weight and origin["sources"]["gp_weight"] == file
-    assert values["epochs_per_task"] == 5
+    # CIFAR-10 took 10 epochs a task on its own validation in session 18; SVHN keeps the reference's 5.
+    assert values["epochs_per_task"] == epochs and origin["sources"]["epochs_per_task"] == file
     assert origin["sources"]["g_lr"] == file and origin["sources"]["ngf"] == "default"
     assert origin["sources"]["dataset"] == "command line"
     mnist, mnist_origin = _resolve(tmp_path)
@@ -118,24 +119,25 @@ def test_methods_fill_their_own_ac_default_when_built_directly():
 
 
 def test_a_flagfile_s_values_are_recorded_as_that_file_s_not_as_typed(tmp_path):
-    # The long CIFAR-10 budget nests the dataset's settings file; a flag typed after it wins.
-    typed = train.given_sources(["train", "--flagfile=flags/cifar10_dgmw_long.cfg", "--seed=3", "--notf_log",
+    # The paper's CIFAR-10 budget nests the dataset's settings file; a flag typed after it wins.
+    typed = train.given_sources(["train", "--flagfile=flags/cifar10_dgmw_paper.cfg", "--seed=3", "--notf_log",
                                  "--epochs_per_task=7"])
-    assert typed["ngf"] == "flags/cifar10_dgmw_long.cfg"
-    assert typed["dataset"] == typed["sparsity_weight"] == "flags/cifar10_dgmw.cfg"
+    assert typed["sparsity_weight"] == typed["generator_ema"] == "flags/cifar10_dgmw_paper.cfg"
+    assert typed["dataset"] == typed["g_lr"] == "flags/cifar10_dgmw.cfg"
     assert typed["seed"] == typed["epochs_per_task"] == typed["tf_log"] == "command line"
     values = {name: train.FLAGS[name].default for name in train.FLAG_NAMES}
     paths = dict(data_dir=str(tmp_path / "data"), workdir=str(tmp_path / "work"), export_dir=str(tmp_path / "exp"))
     given = {n: s for n, s in typed.items() if n in values}
-    values.update(paths, dataset="cifar10", method="dgmw", ngf=12, epochs_per_task=7, seed=3, sparsity_weight=8.0,
-                  gp_weight=1.0)
+    values.update(paths, dataset="cifar10", method="dgmw", epochs_per_task=7, seed=3, sparsity_weight=0.001,
+                  generator_ema=0.0, classifier_ema=0.0, gp_weight=1.0)
     resolved, origin = train.resolve(values, given={**given, **dict.fromkeys(paths, "command line")})
-    assert origin["sources"]["ngf"] == "flags/cifar10_dgmw_long.cfg" and resolved["ngf"] == 12
+    assert origin["sources"]["sparsity_weight"] == "flags/cifar10_dgmw_paper.cfg" and resolved["sparsity_weight"] == 0.001
     assert origin["sources"]["epochs_per_task"] == "command line" and resolved["epochs_per_task"] == 7
     lines = train.describe_settings(resolved, origin).splitlines()
-    # The long file pins lambda_gp 1 (it was measured so) over the nested file's 10: a later line wins.
-    assert typed["gp_weight"] == "flags/cifar10_dgmw_long.cfg"
-    assert lines[2] == "  from flags/cifar10_dgmw_long.cfg (--flagfile): ngf=12 gp_weight=1.0"
+    # The paper file pins lambda_gp 1 (the reference code's) over the nested file's 10: a later line wins.
+    assert typed["gp_weight"] == "flags/cifar10_dgmw_paper.cfg"
+    assert lines[2] == ("  from flags/cifar10_dgmw_paper.cfg (--flagfile): gp_weight=1.0 sparsity_weight=0.001 "
+                        "generator_ema=0.0 classifier_ema=0.0")
     assert lines[-1] == "  from the command line: epochs_per_task=7 seed=3"
 
 

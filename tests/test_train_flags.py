@@ -79,9 +79,7 @@ def test_good_defaults_pass(tmp_path):
     train.check_flags(values)
     assert values["ngf"] == 6 and values["sparsity_weight"] == 1.0 and values["mask_gradient"] == "constant"
     assert values["gp_weight"] == 10.0  # the WGAN-GP paper's (session 14); the *_paper files keep the reference's 1
-    # cifar10_dgmw_long.cfg too: measured at 1, it nests cifar10_dgmw.cfg, which takes 10 (session 15).
-    for name in ("mnist_dgmw_paper", "mnist_dgma_paper", "cifar10_dgmw_paper", "svhn_cropped_dgmw_paper",
-                 "cifar10_dgmw_long"):
+    for name in ("mnist_dgmw_paper", "mnist_dgma_paper", "cifar10_dgmw_paper", "svhn_cropped_dgmw_paper"):
         assert float(settings.read_flagfile(os.path.join(ROOT, "flags", f"{name}.cfg"))["gp_weight"][0]) == 1.0, name
     dgma = _values(tmp_path, method="dgma")
     assert dgma["ngf"] == 20 and dgma["s_max"] == 1e5
