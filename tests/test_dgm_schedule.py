@@ -189,6 +189,26 @@ def test_reestimated_generator_batch_norm_holds_the_inputs_exact_statistics(mnis
     assert np.abs(moving_var - want_var).max() > 5 * np.abs(var - want_var).max()
 
 
+@pytest.mark.parametrize("steps,per_task", [("reference", 32), ("combined", 16)])
+def test_fresh_replay_draws_every_past_task_anew_inside_the_step(mnist_scenario_data, steps, per_task):
+    # --replay=fresh: no set is drawn when the task begins; each iteration draws as many images of
+    # every past task as the fixed set's pipeline would hold, each labelled with that task's class,
+    # and two draws differ. The step trains on them: t+1 classifier steps with the reference schedule.
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 2, replay="fresh", classifier_steps=steps, classifier_data="real")
+    assert method.replay is None
+    x, y = method.trainer.fresh_replay()
+    assert tuple(x.shape) == (2 * per_task, 32, 32, 1) and np.isfinite(x.numpy()).all()
+    assert y.numpy().tolist() == [0] * per_task + [1] * per_task
+    again, _ = method.trainer.fresh_replay()
+    assert np.abs(again.numpy() - x.numpy()).max() > 1e-3
+    before = [v.numpy() for v in method.trainer.generator.trainable_variables]
+    method.trainer.fit(method.pipeline(2, _part(train, 2, 64)), epochs=1, steps_per_epoch=2, verbose=0)
+    if steps == "reference":
+        assert int(method.trainer.c_optimizer.iterations) == 2 * 3
+    assert any(np.any(b != v.numpy()) for b, v in zip(before, method.trainer.generator.trainable_variables))
+
+
 @pytest.mark.parametrize("classifier_data", ["real", "generated"])
 def test_generated_classifier_data_never_shows_the_classifier_a_real_image(mnist_scenario_data, classifier_data):
     # Real images poisoned with NaN: the classifier's weights turn NaN if and only if its steps read them.
