@@ -197,7 +197,8 @@ def main(argv):
         scenario, data_dir = data.make_scenario("mnist", 1), FLAGS.data_dir or config.default_data_dir()
         data.ensure_prepared("mnist", data_dir, None)  # built offline where missing, as train does
         splits = data.load_scenario_data(scenario, data_dir, 0.1)
-        print("\nwhole task of the main command (DGMw, MNIST 10x1, defaults), seconds:")
+        epochs = f", {FLAGS.epochs_per_task} epochs a task" if FLAGS.epochs_per_task else ""
+        print(f"\nwhole task of the main command (DGMw, MNIST 10x1, defaults{epochs}), seconds:")
         for task, replay in [(int(t), r) for t in sorted({int(t) for t in FLAGS.tasks}) for r in FLAGS.replays]:
             out = whole_task(task, splits, scenario, replay)
             parts = "  ".join(f"{k} {v:.1f}" for k, v in out["parts"].items())
