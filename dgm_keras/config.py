@@ -116,6 +116,9 @@ class HyperParams:
     # since session 21 (2e-3 before, the critic's): chosen on validation over 3 seeds, MNIST 10x1, at the main
     # command (A10 91.78 +- 0.45 against 87.02 +- 2.76) and at 7 epochs a task (95.69 +- 0.21 against 94.64 +- 1.01).
     c_lr: float = 1e-3
+    # The classifier head's own Adam rate inside the combined step (shared classifier): the critic's trunk and
+    # head keep --d_lr. 0: one optimizer for the whole discriminator (the paper).
+    classifier_head_lr: float = 0.0
     generator_bn: str = "moving"
     # Polyak (exponential moving) averages of the weights, swapped in when a task ends; 0: off (the paper,
     # and the *_paper flagfiles). On by default since session 7: +12 validation points of A10 on MNIST 10x1

@@ -133,6 +133,9 @@ _dgm_option("classifier_data", config.CLASSIFIER_DATA, "What DGM's classifier st
 _float("c_lr", _HP.c_lr, "Adam learning rate of DGM's own classifier steps (--classifier=separate or "
        "--classifier_steps=reference) (> 0).", DGM)
 _rule("c_lr", lambda v: v > 0, "a positive number")
+_float("classifier_head_lr", _HP.classifier_head_lr, "Adam learning rate of the classifier head's own optimizer in "
+       "DGM's combined step (--classifier=shared --classifier_steps=combined), the trunk and critic head keeping "
+       "--d_lr; 0: one optimizer for the whole discriminator (the paper).", DGM, lower=0)
 _dgm_option("generator_bn", config.GENERATOR_BN, "The generator's batch norm (DGM: the task's head; DGR, "
             "MeRGAN: its one): moving (the moving average as training left it) or reestimate (exact statistics at "
             "the task's end; always so with --generator_ema).")
@@ -266,6 +269,11 @@ def check_classifier_data(values):
         raise flags.ValidationError(bad_value(
             "classifier_data", values["classifier_data"], "real with --classifier=shared --classifier_steps=combined "
             "(generated needs the classifier's own steps: --classifier=separate or --classifier_steps=reference)"))
+    if values["classifier_head_lr"] and values["classifier_steps"] is not None and (
+            values["classifier"], values["classifier_steps"]) != ("shared", "combined"):
+        raise flags.ValidationError(bad_value(
+            "classifier_head_lr", values["classifier_head_lr"], "0 unless --classifier=shared "
+            "--classifier_steps=combined (the classifier's own steps take --c_lr)"))
     return True
 
 
@@ -281,13 +289,14 @@ flags.register_validator("export_dir", _check_output_dir("export_dir"))
 flags.register_multi_flags_validator(["dataset", "classes_per_task"], _check_split)
 flags.register_multi_flags_validator(["strategy", "method"], _check_strategy)
 flags.register_multi_flags_validator(["restart", "resume_from"], _check_restart)
-flags.register_multi_flags_validator(["classifier_data", "classifier", "classifier_steps"], check_classifier_data)
+flags.register_multi_flags_validator(["classifier_data", "classifier", "classifier_steps", "classifier_head_lr"],
+                                     check_classifier_data)
 
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",
               "seed", "jit_compile", "resume_from", "restart",
               "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "d_trunk", "sparsity_weight", "mask_init", "s_max",
-              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "generator_bn", "generator_ema", "classifier_ema", "ema_warmup", "replay",
+              "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "classifier_head_lr", "generator_bn", "generator_ema", "classifier_ema", "ema_warmup", "replay",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after",
               "icarl_memory", "mergan_mode", "alignment_weight", "strategy", "cpu_replicas", "tf_log")

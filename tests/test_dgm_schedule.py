@@ -108,6 +108,32 @@ def test_classifier_steps_per_iteration(mnist_scenario_data):
     assert shared.trainer.c_optimizer is None and shared.trainer.critic_classifies
 
 
+@pytest.mark.parametrize("head_lr", [0.0, 1e-6])
+def test_the_classifier_head_takes_its_own_rate_in_the_combined_step(mnist_scenario_data, head_lr):
+    # --classifier_head_lr: the head's own Adam steps it at that rate inside the critic step, while the
+    # trunk and critic head keep --d_lr (2e-3); 0 (the paper) steps the whole discriminator at --d_lr.
+    # Adam moves an entry by at most about its rate a step, so two steps bound the head's travel.
+    train = mnist_scenario_data.train
+    method = _after_tasks(train, 1, classifier_steps="combined", classifier_data="real", classifier_head_lr=head_lr)
+    trainer, disc = method.trainer, method.disc
+    head = [v.numpy().copy() for v in disc.classifier.trainable_variables]
+    critic = [v.numpy().copy() for v in disc.critic.trainable_variables]
+    trunk = [(v, v.numpy().copy()) for v in disc.head_variables("critic") if all(v is not c for c in disc.critic.trainable_variables)]
+    trainer.fit(method.pipeline(1, _part(train, 1, 64)), epochs=1, steps_per_epoch=2, verbose=0)
+    def moved(vars_, before):
+        return max(float(np.abs(v.numpy() - b).max()) for v, b in zip(vars_, before))
+    assert moved(disc.critic.trainable_variables, critic) > 1e-3
+    assert max(float(np.abs(v.numpy() - b).max()) for v, b in trunk) > 1e-3
+    assert int(trainer.d_optimizer.iterations) == 2
+    if head_lr:
+        assert 0 < moved(disc.classifier.trainable_variables, head) < 2.5 * head_lr
+        assert int(trainer.c_optimizer.iterations) == 2 and trainer.head_apart
+        assert {id(v) for v in trainer.d_vars}.isdisjoint(id(v) for v in disc.classifier.trainable_variables)
+    else:
+        assert moved(disc.classifier.trainable_variables, head) > 1e-3
+        assert trainer.c_optimizer is None and not trainer.head_apart
+
+
 @pytest.mark.parametrize("classes_per_task, given, want", [
     (1, {}, ("reference", "generated")), (2, {}, ("combined", "real")), (5, {}, ("combined", "real")),
     (1, {"classifier_steps": "combined"}, ("combined", "real")),  # generated would need steps of its own

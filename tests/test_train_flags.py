@@ -47,6 +47,11 @@ def _values(tmp_path, **over):
     (dict(generator_bn="none"), r"--generator_bn='none' is not allowed; allowed: moving, reestimate"),
     (dict(replay="both"), r"--replay='both' is not allowed; allowed: fixed, fresh"),
     (dict(c_lr=0.0), r"--c_lr=0.0 .*positive number"),
+    (dict(classifier_head_lr=-1e-3), r"--classifier_head_lr=-0.001 .*>= 0"),
+    # The default with one class a task is the reference schedule, whose classifier steps take --c_lr.
+    (dict(classifier_head_lr=1e-3), r"--classifier_head_lr=0.001 is not allowed; allowed: 0 unless --classifier=shared "
+                                    r"--classifier_steps=combined"),
+    (dict(classifier_head_lr=1e-3, classifier="separate", classifier_steps="combined"), r"--classifier_head_lr=0.001"),
     (dict(ema_warmup=1.0), r"--ema_warmup=1.0 .*> 1"),
 ])
 def test_bad_values_are_named(tmp_path, over, pattern):

@@ -109,11 +109,16 @@ class DGMTrainer(gan.GANTrainer):
         # schedule, and (for the AC term of G's loss) when G needs the critic's labels.
         self.critic_classifies = (not self.separate and hp.classifier_steps == "combined") or (
             self.separate and bool(hp.ac_weight))
+        # --classifier_head_lr: in the combined step the classifier head takes its own optimizer; the
+        # critic's terms do not reach it, so the trunk and critic head keep --d_lr and the head moves at its rate.
+        self.head_apart = bool(hp.classifier_head_lr) and self.critic_classifies and not self.separate
+        self.head_vars = self.discriminator.classifier.trainable_variables if self.head_apart else []
 
     @property
     def d_vars(self):
-        """The critic's trunk and head, and the classifier head where the critic step classifies."""
-        return self.discriminator.trainable_variables if self.critic_classifies else (
+        """The critic's trunk and head, and the classifier head where the critic step classifies (and
+        its optimizer steps it)."""
+        return self.discriminator.trainable_variables if self.critic_classifies and not self.head_apart else (
             self.discriminator.head_variables("critic"))
 
     @property
@@ -121,10 +126,12 @@ class DGMTrainer(gan.GANTrainer):
         return self.classifier.head_variables("classifier")
 
     def compile(self, g_optimizer, d_optimizer, c_optimizer=None, jit_compile=False):
+        """``c_optimizer``: the classifier's own steps, or (in the combined step, shared classifier) the
+        classifier head's share of the critic step (--classifier_head_lr)."""
         super().compile(g_optimizer, d_optimizer, jit_compile=jit_compile)
         self.c_optimizer = c_optimizer
         if c_optimizer is not None:
-            c_optimizer.build(self.c_vars)
+            c_optimizer.build(self.head_vars if self.head_apart else self.c_vars)
 
     def scale(self):
         """s of the current step: HAT's ramp, or 1 where the compensated gradient is used throughout
@@ -245,7 +252,11 @@ class DGMTrainer(gan.GANTrainer):
                 if not self.separate:
                     out.update(cls_loss=cls_loss, replay_cls_loss=replay_loss)
             scaled = distribution.scale_loss(d_loss)
-        self.d_optimizer.apply(tape.gradient(scaled, self.d_vars), self.d_vars)
+        d_vars = self.d_vars
+        grads = tape.gradient(scaled, d_vars + self.head_vars)
+        self.d_optimizer.apply(grads[:len(d_vars)], d_vars)
+        if self.head_apart:
+            self.c_optimizer.apply(grads[len(d_vars):], self.head_vars)
         out["d_loss"] = d_loss
         return out
 
@@ -338,8 +349,9 @@ class DGM(base.ContinualMethod):
                                   task * self.scenario.classes_per_task, epochs * steps, self.hp, weight,
                                   classifier=self.cls)
         own_steps = self.hp.classifier == "separate" or self.hp.classifier_steps == "reference"
-        self.trainer.compile(*gan.optimizers(self.hp), gan.adam(self.hp, self.hp.c_lr) if own_steps else None,
-                             jit_compile=self.hp.jit_compile)
+        c_optimizer = gan.adam(self.hp, self.hp.c_lr) if own_steps else (
+            gan.adam(self.hp, self.hp.classifier_head_lr) if self.trainer.head_apart else None)
+        self.trainer.compile(*gan.optimizers(self.hp), c_optimizer, jit_compile=self.hp.jit_compile)
         self.begin_averaging()
 
     def grown(self, net, seen, name):
