@@ -124,7 +124,7 @@ _dgm_option("classifier", config.CLASSIFIERS, "DGM's classifier: shared (the cri
             "and a classifier head, the paper) or separate (a network of the same shape with a trunk of its own).")
 _dgm_option("classifier_steps", config.CLASSIFIER_STEPS, "DGM's classifier updates per "
             "iteration: combined (one, on real + replay) or reference (the reference code's t+1 steps of "
-            "--batch_size images at task t). Default by scenario: reference with one class a task, else combined.")
+            "--batch_size images at task t). Default: combined (since session 21; reference with one class a task before).")
 _dgm_option("classifier_data", config.CLASSIFIER_DATA, "What DGM's classifier steps "
             "learn the current task from, beside the replay: real (its real images, the paper) or generated (the "
             "generator's images of it, so that no class is told apart by looking real; needs the classifier's own "

@@ -48,9 +48,9 @@ def _values(tmp_path, **over):
     (dict(replay="both"), r"--replay='both' is not allowed; allowed: fixed, fresh"),
     (dict(c_lr=0.0), r"--c_lr=0.0 .*positive number"),
     (dict(classifier_head_lr=-1e-3), r"--classifier_head_lr=-0.001 .*>= 0"),
-    # The default with one class a task is the reference schedule, whose classifier steps take --c_lr.
-    (dict(classifier_head_lr=1e-3), r"--classifier_head_lr=0.001 is not allowed; allowed: 0 unless --classifier=shared "
-                                    r"--classifier_steps=combined"),
+    # The reference schedule's classifier steps take --c_lr.
+    (dict(classifier_head_lr=1e-3, classifier_steps="reference"),
+     r"--classifier_head_lr=0.001 is not allowed; allowed: 0 unless --classifier=shared --classifier_steps=combined"),
     (dict(classifier_head_lr=1e-3, classifier="separate", classifier_steps="combined"), r"--classifier_head_lr=0.001"),
     (dict(ema_warmup=1.0), r"--ema_warmup=1.0 .*> 1"),
 ])
