@@ -102,7 +102,7 @@ def test_defaults_live_in_one_place():
             assert train.FLAGS[field.name].default == getattr(hp, field.name), field.name
     assert set(settings.load("mnist", "dgmw")) == {"method", "dataset"}
     assert not hasattr(train, "METHOD_DEFAULTS")
-    assert hp.sparsity_weight == 1.0 and hp.mask_gradient == "constant" and hp.epochs_per_task == 4
+    assert hp.sparsity_weight == 1.0 and hp.mask_gradient == "constant" and hp.epochs_per_task == 6
 
 
 def test_methods_fill_their_own_ac_default_when_built_directly():
