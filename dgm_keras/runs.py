@@ -61,8 +61,16 @@ def describe(workdir: str) -> dict | None:
 
 
 def find_runs(root: str) -> list[dict]:
-    runs = []
-    for folder, subfolders, files in os.walk(root):
+    """Follows symbolic links, so a folder of links to chosen runs (say, one sweep's variant and
+    another's) can be plotted or listed as one set; each real folder is read once, so a link back
+    up the tree does not loop."""
+    runs, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if d not in SKIP)
         if "results.json" in files or os.path.exists(os.path.join(folder, "checkpoints", "state.json")):
             run = describe(folder)

@@ -57,6 +57,22 @@ def test_an_ablation_is_its_own_line_not_a_seed(finished_run, tmp_path):
     assert drawn["A_t_mnist_2x5.png"] == {"dgmw": a_t, "dgmw (sparsity_weight=0.08)": [a / 2 for a in a_t]}
 
 
+def test_runs_are_found_through_links_once(finished_run, tmp_path):
+    # A folder of links to chosen runs is a set to plot; a link back up the tree does not loop, and a
+    # run reached twice (directly and through a link) is read once.
+    from dgm_keras import runs  # noqa: PLC0415
+    root = tmp_path / "chosen"
+    root.mkdir()
+    (root / "dgmw").symlink_to(finished_run.workdir, target_is_directory=True)
+    (root / "again").symlink_to(finished_run.workdir, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    found = runs.find_runs(str(root))
+    assert len(found) == 1 and found[0]["complete"], found
+    assert os.path.realpath(found[0]["workdir"]) == os.path.realpath(finished_run.workdir)
+    complete, partial = plots.load(str(root))
+    assert partial == [] and [r["A_t"] for r in complete] == [finished_run.results["A_t"]]
+
+
 def test_bad_input(tmp_path):
     proc = _plots("--runs=/no/such")
     assert proc.returncode == 1
