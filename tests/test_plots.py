@@ -10,7 +10,7 @@ import matplotlib.image
 import pytest
 
 from conftest import ROOT
-from dgm_keras import plots
+from dgm_keras import plots, runs
 
 
 def _plots(*args):
@@ -60,7 +60,6 @@ def test_an_ablation_is_its_own_line_not_a_seed(finished_run, tmp_path):
 def test_runs_are_found_through_links_once(finished_run, tmp_path):
     # A folder of links to chosen runs is a set to plot; a link back up the tree does not loop, and a
     # run reached twice (directly and through a link) is read once.
-    from dgm_keras import runs  # noqa: PLC0415
     root = tmp_path / "chosen"
     root.mkdir()
     (root / "dgmw").symlink_to(finished_run.workdir, target_is_directory=True)
