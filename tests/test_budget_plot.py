@@ -56,3 +56,59 @@ def test_one_budget_joined_from_runs_in_several_folders(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "| h | 5 | 2 | 34.00 ± 1.41 | 10.0 |" in proc.stdout
+
+
+def _plot(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "budget_plot.py"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_plot_grows_from_its_recorded_points_without_the_old_runs(tmp_path):
+    # Two budgets drawn, their runs deleted, a third budget added from the points file alone:
+    # the fit runs through all three (A = 20 + 5 ln(epochs) exactly).
+    _run(tmp_path / "e1", 1, 0.20)
+    _run(tmp_path / "e4", 4, (20 + 5 * math.log(4)) / 100)
+    out = tmp_path / "plot.png"
+    proc = _plot(f"--series=toy={tmp_path / 'e1'},{tmp_path / 'e4'}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads((tmp_path / "plot.json").read_text())
+    assert [p["epochs"] for p in recorded["series"]["toy"]] == [1, 4]
+    assert recorded["series"]["toy"][1]["source"] == str(tmp_path / "e4")
+    for d in ("e1", "e4"):
+        os.remove(tmp_path / d / "results.json")
+    _run(tmp_path / "e16", 16, (20 + 5 * math.log(16)) / 100)
+    out2 = tmp_path / "grown.png"
+    proc = _plot(f"--recorded={tmp_path / 'plot.json'}", f"--series=toy={tmp_path / 'e16'}", "--target=35", f"--out={out2}")
+    assert proc.returncode == 0, proc.stderr
+    assert "| toy | 1 | 1 | 20.00 (1 seed) | 2.0 |" in proc.stdout and "| toy | 16 | 1 |" in proc.stdout
+    assert "A(last) ≈ 20.00 + 5.00·ln(epochs a task)" in proc.stdout
+    assert [p["epochs"] for p in json.loads((tmp_path / "grown.json").read_text())["series"]["toy"]] == [1, 4, 16]
+    assert out2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recorded_points_refused_in_one_line_when_corrupt_or_repeated(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"series": {"toy": [{"epochs": 4}]}}')
+    proc = _plot(f"--recorded={bad}")
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"budget_plot: --recorded={bad}: not a points file (KeyError")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"series": {"toy": [{"epochs": 4, "seeds": 1, "mean": 30.0, "std": 0.0,
+                                                     "minutes": 5.0, "source": "session 1"}]}}))
+    _run(tmp_path / "e4", 4, 0.31)
+    proc = _plot(f"--recorded={good}", f"--series=toy={tmp_path / 'e4'}")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"budget_plot: series 'toy': 4 epochs a task given twice (session 1 "
+                                                f"and {tmp_path / 'e4'}); expected one point a budget"]
+    proc = _plot()
+    assert proc.returncode != 0 and "nothing to draw" in proc.stderr
+
+
+def test_a_json_that_is_not_a_points_file_is_never_overwritten(tmp_path):
+    _run(tmp_path / "e4", 4, 0.31)
+    other = tmp_path / "plots.json"
+    other.write_text('{"A_t.png": [1.0]}')
+    proc = _plot(f"--series=toy={tmp_path / 'e4'}", f"--out={tmp_path / 'plots.png'}")
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "exists and is not a points file" in proc.stderr
+    assert other.read_text() == '{"A_t.png": [1.0]}' and not (tmp_path / "plots.png").exists()
