@@ -162,8 +162,10 @@ def main() -> None:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         figures.save(figures.budget_curves({label: [(p["epochs"], p["mean"], p["std"]) for p in points]
                                             for label, points in series}, args.title, args.target), args.out)
-        with open(points_path(args.out), "w") as f:
+        partial = points_path(args.out) + ".partial"  # written whole, then renamed: --recorded may be this file
+        with open(partial, "w") as f:
             json.dump({"title": args.title, "target": args.target, "series": dict(series)}, f, indent=1)
+        os.replace(partial, points_path(args.out))
         print(f"\nwrote {args.out} and its points, {points_path(args.out)}")
 
 
