@@ -4,6 +4,7 @@ the hyperparameters. Nothing here imports TensorFlow, so a bad flag fails in a s
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 IMAGE_SIZE = 32
@@ -104,6 +105,10 @@ class HyperParams:
     # learning early in a task; the flagfiles measured with annealed masks keep it (cifar10_dgmw.cfg: 8.0,
     # mnist_dgmw_paper.cfg: 0.08).
     sparsity_weight: float = 1.0
+    # lambda's multiplier for each masked layer of the generator, first to last ("1,1,1": R_t as the paper
+    # prices it, every free entry alike). DGMa's tasks after the second switch on no free unit of the last
+    # masked layer at any lambda or width measured (benchmarks/mask_usage.py; docs/RESULTS.md, session 26).
+    sparsity_layer_weights: str = "1,1,1"
     mask_init: float = 0.05
     s_max: float = 1e4
     ac_weight: float | None = None  # None: the method's own default (``default_ac_weight``)
@@ -156,6 +161,19 @@ class HyperParams:
     # MeRGAN
     mergan_mode: str = "jtr"  # jtr: joint retraining with replay; ra: plus replay alignment
     alignment_weight: float = 1.0  # MeRGAN-RA: weight of the L2 alignment to the previous generator
+
+
+MASKED_LAYERS = 3  # the generator's masked transposed convs (networks.Generator)
+
+
+def layer_weights(text: str) -> tuple[float, ...] | None:
+    """``--sparsity_layer_weights`` as numbers, one per masked layer; None where it is not that."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        return None
+    ok = len(values) == MASKED_LAYERS and all(math.isfinite(v) and v >= 0 for v in values)
+    return values if ok else None
 
 
 def default_ac_weight(method: str, classes_per_task: int) -> float:

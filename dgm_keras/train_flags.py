@@ -111,6 +111,11 @@ flags.DEFINE_enum("d_trunk", _HP.d_trunk, list(config.D_TRUNKS),
                   "and a dense 64, the TensorFlow CNN tutorial's classifier).", module_name=DGM)
 _float("sparsity_weight", _HP.sparsity_weight, "lambda of DGM's sparsity regulariser R_t (the reference code: 0.08).",
        DGM, lower=0)
+flags.DEFINE_string("sparsity_layer_weights", _HP.sparsity_layer_weights, "DGM: lambda's multiplier for each of the "
+                   "generator's three masked layers, first to last, as three comma-separated numbers >= 0 (1,1,1: the "
+                   "paper's R_t; 1,1,0: the last masked layer's free entries cost nothing).", module_name=DGM)
+_rule("sparsity_layer_weights", lambda v: config.layer_weights(v) is not None,
+      "three comma-separated finite numbers >= 0, one per masked layer, e.g. 1,1,1")
 _float("mask_init", _HP.mask_init, "Initial value of every mask embedding (> 0: layers start dense).", DGM)
 _float("s_max", _HP.s_max, "Mask scale ceiling (> 0).", DGM)
 _rule("s_max", lambda v: v > 0, "a positive number")
@@ -295,7 +300,7 @@ flags.register_multi_flags_validator(["classifier_data", "classifier", "classifi
 FLAG_NAMES = ("dataset", "method", "settings", "classes_per_task", "class_order", "validation_fraction", "epochs_per_task",
               "steps_per_task", "batch_size", "checkpoint_every", "data_dir", "source", "workdir", "export_dir", "run_name",
               "seed", "jit_compile", "resume_from", "restart",
-              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "d_trunk", "sparsity_weight", "mask_init", "s_max",
+              "ngf", "g_lr", "d_lr", "beta_1", "beta_2", "gp_weight", "d_norm", "d_trunk", "sparsity_weight", "sparsity_layer_weights", "mask_init", "s_max",
               "ac_weight", "mask_gradient", "classifier", "classifier_steps", "classifier_data", "c_lr", "classifier_head_lr", "generator_bn", "generator_ema", "classifier_ema", "ema_warmup", "replay",
               "replay_batch_size", "replay_per_class", "reinit_discriminator", "memory_per_class", "ewc_lambda",
               "ewc_gamma", "ewc_fisher", "si_c", "si_xi", "rwalk_lambda", "rwalk_alpha", "rwalk_fisher_update_after",

@@ -127,14 +127,13 @@ def test_compensated_embedding_gradient_vanishes_past_the_clip(method, full_step
     assert frozen[np.isin(np.abs(_EMBEDDINGS), np.float32([0.05, 6.0]))].sum() == 4
 
 
-@pytest.mark.parametrize("mode", ["weight", "activation"])
-def test_sparsity_regulariser_is_r_t_of_a_hand_made_mask(mode):
-    # R_t = sum m_t (1 - M_<t) / sum (1 - M_<t) over every masked entry of the generator, with
-    # M_<t the union (element-wise max) of the past tasks' binary masks (METHOD.md).
+def _hand_made_masks(mode):
+    """A generator whose current and two past masks are a known mix; per entry: on now, reserved, on in
+    the last past task, and which masked layer it is in."""
     gen = networks.Generator((16, 12, 8), 10, 1, mode, num_past_tasks=2, nz=16, name="g").build_all()
     rng = np.random.default_rng(0)
-    m_t, union, last_past = [], [], []
-    for layer in gen.masked_layers:
+    m_t, union, last_past, layer_of = [], [], [], []
+    for index, layer in enumerate(gen.masked_layers):
         for name, emb in layer.embeddings.items():
             past = (rng.uniform(size=(2, *emb.shape)) < 0.35).astype(np.uint8)  # two past tasks
             reserved = past.max(axis=0)
@@ -146,11 +145,22 @@ def test_sparsity_regulariser_is_r_t_of_a_hand_made_mask(mode):
             m_t.append(on.ravel())
             union.append(reserved.ravel())
             last_past.append(past[1].ravel())
-    m_t, union, last_past = (np.concatenate(a).astype(np.float64) for a in (m_t, union, last_past))
+            layer_of.append(np.full(on.size, index))
+    return gen, *(np.concatenate(a).astype(np.float64) for a in (m_t, union, last_past)), np.concatenate(layer_of)
+
+
+def _trainer(gen, **hp):
+    return dgm.DGMTrainer(gen, networks.Discriminator(3, widths=(4, 4, 4)).build_all(1), range(2, 3), 2,
+                          10, base.HyperParams(**hp), sparsity_weight=1.0)
+
+
+@pytest.mark.parametrize("mode", ["weight", "activation"])
+def test_sparsity_regulariser_is_r_t_of_a_hand_made_mask(mode):
+    # R_t = sum m_t (1 - M_<t) / sum (1 - M_<t) over every masked entry of the generator, with
+    # M_<t the union (element-wise max) of the past tasks' binary masks (METHOD.md).
+    gen, m_t, union, last_past, _ = _hand_made_masks(mode)
     want = np.sum(m_t * (1 - union)) / np.sum(1 - union)
-    trainer = dgm.DGMTrainer(gen, networks.Discriminator(3, widths=(4, 4, 4)).build_all(1), range(2, 3), 2,
-                             10, base.HyperParams(), sparsity_weight=1.0)
-    reg, total_on = trainer.sparsity(ops.convert_to_tensor(7.5))
+    reg, total_on = _trainer(gen).sparsity(ops.convert_to_tensor(7.5))
     assert float(reg) == pytest.approx(want, rel=1e-6)
     assert float(total_on) == np.sum(m_t)
     # The mask is a real mix, and the union matters: other readings of the formula give other values.
@@ -159,6 +169,27 @@ def test_sparsity_regulariser_is_r_t_of_a_hand_made_mask(mode):
                   np.sum(m_t * (1 - last_past)) / np.sum(1 - last_past),  # only the last past task counts
                   np.sum(m_t * (1 - union)) / m_t.size):  # normalised by all entries, not the free ones
         assert abs(wrong - want) > 0.02
+
+
+@pytest.mark.parametrize("mode", ["weight", "activation"])
+def test_sparsity_layer_weights_price_each_layer_and_a_zero_frees_it(mode):
+    # --sparsity_layer_weights multiplies each masked layer's term; the normaliser stays every free entry.
+    gen, m_t, union, _, layer_of = _hand_made_masks(mode)
+    prices = np.array([0.25, 3.0, 0.0])
+    want = np.sum(prices[layer_of] * m_t * (1 - union)) / np.sum(1 - union)
+    trainer = _trainer(gen, sparsity_layer_weights="0.25,3,0")
+    with tf.GradientTape() as tape:
+        reg, _ = trainer.sparsity(ops.convert_to_tensor(7.5))
+    assert float(reg) == pytest.approx(want, rel=1e-6)
+    assert abs(want - np.sum(m_t * (1 - union)) / np.sum(1 - union)) > 0.02
+    embeddings = [list(layer.embeddings.values()) for layer in gen.masked_layers]
+    grads = tape.gradient(reg, [e for per_layer in embeddings for e in per_layer])
+    grads = iter(grads)
+    for index, per_layer in enumerate(embeddings):
+        for _ in per_layer:
+            g = next(grads)
+            # a zero-priced layer: the regulariser pushes none of its entries; priced ones: its free entries
+            assert (np.abs(g.numpy()) > 0).any() == (prices[index] > 0)
 
 
 def test_mask_scale_anneals_to_s_max_over_the_task():

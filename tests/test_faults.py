@@ -70,6 +70,8 @@ def afile(tmp_path):
      "train: --epochs_per_task=2 and --steps_per_task=5 are not allowed together; allowed: one of them"),
     (["--dataset=imagenet50", "--method=ewc"], "train: no settings for --dataset=imagenet50 with ewc: flags/imagenet50_ewc.cfg"),
     (["--progress=loud"], "train: --progress='loud' is not allowed; allowed: auto, bar, line, none"),
+    (["--sparsity_layer_weights=1,nan,1"], "train: --sparsity_layer_weights='1,nan,1' is not allowed; allowed: three "
+     "comma-separated finite numbers >= 0, one per masked layer, e.g. 1,1,1"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path, afile, args, expected):
     before = _tree(tmp_path)

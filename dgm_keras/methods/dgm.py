@@ -98,6 +98,7 @@ class DGMTrainer(gan.GANTrainer):
         free = [{k: 1.0 - r.numpy() for k, r in layer.reserved().items()} for layer in generator.masked_layers]
         self._free_total = max(1.0, float(sum(np.sum(f) for d in free for f in d.values())))
         self._free = [{k: keras.Variable(f, trainable=False, name="free") for k, f in d.items()} for d in free]
+        self._layer_weights = config.layer_weights(hp.sparsity_layer_weights)
         self._entries = float(sum(np.prod(m.shape) for layer in generator.masked_layers for m in layer.embeddings.values()))
         past_heads = {f"task_bn_{t}" for t in range(generator.num_past_tasks)} | {
             f"task_out_{t}" for t in range(generator.num_past_tasks)}
@@ -149,11 +150,12 @@ class DGMTrainer(gan.GANTrainer):
         return z, y
 
     def sparsity(self, s):
-        """R_t = sum m_t (1 - M_<t) / sum (1 - M_<t): using free capacity costs, re-use is free."""
+        """R_t = sum m_t (1 - M_<t) / sum (1 - M_<t): using free capacity costs, re-use is free
+        (each layer's term times its ``--sparsity_layer_weights``)."""
         used, total_on = 0.0, 0.0
-        for layer, free in zip(self.generator.masked_layers, self._free):
+        for layer, free, price in zip(self.generator.masked_layers, self._free, self._layer_weights, strict=True):
             for name, m in layer.current_masks(s).items():
-                used += ops.sum(m * free[name])
+                used += price * ops.sum(m * free[name])
                 total_on += ops.sum(m)
         return used / self._free_total, total_on
 
