@@ -10,6 +10,8 @@ same however many images of it a batch holds.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -107,6 +109,27 @@ def average_decay(decay: float, step, warmup: float = 10.0):
     steps: 890 for 0.99 at warmup 10, more than a 237-step task has (it ends at 0.964 there)."""
     step = ops.cast(step, "float32")
     return ops.minimum(decay, (1.0 + step) / (warmup + step))
+
+
+AVERAGING_METHODS = ("dgmw", "dgma", "dgr", "mergan")  # the methods --generator_ema and --classifier_ema act on
+
+
+def unreached_decays(method: str, hp, task_steps: int, sources: dict) -> list[str]:
+    """One line per weight average whose chosen decay (a flag the user set, not a default) the
+    warmup rule never reaches within the run's shortest task (``task_steps`` steps): such a run is the same as
+    one at the cap (0.99 and 0.995 gave identical runs; docs/RESULTS.md, session 25)."""
+    if method not in AVERAGING_METHODS or task_steps < 1:
+        return []
+    cap = task_steps / (hp.ema_warmup + task_steps - 1)  # (1 + k) / (warmup + k) at the task's last step
+    lines = []
+    for name in ("generator_ema", "classifier_ema"):
+        decay = getattr(hp, name)
+        if decay and decay > cap and sources.get(name, "default") != "default":
+            needed = math.ceil((hp.ema_warmup * decay - 1) / (1 - decay) - 1e-9) + 1
+            lines.append(f"warning: --{name}={decay:g} is never reached: the decay at a task's step k is min(decay, "
+                         f"(1 + k) / (ema_warmup + k)), {cap:.4f} at the last step of this run's shortest task ({task_steps} "
+                         f"steps, --ema_warmup={hp.ema_warmup:g}); it needs {needed:,} steps a task, or a lower --ema_warmup")
+    return lines
 
 
 def update_averages(averages: list, variables: list, decay: float, step, warmup: float = 10.0) -> None:

@@ -17,7 +17,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from dgm_keras import (checkpointing, chunks, data, distribution, evaluation, export, monitoring, progress, provenance,
+from dgm_keras import (checkpointing, chunks, data, distribution, evaluation, export, gan, monitoring, progress, provenance,
                        runfolders)
 from dgm_keras.methods import base, make_method
 
@@ -261,6 +261,10 @@ def _run_tasks(cfg: RunConfig, log, writers: list) -> dict:
     step = sum(task_total[:first_task])  # run-wide step axis of the TensorBoard losses and the progress
     clock = progress.RunClock(sum(task_total), step + (resume["step"] if resume else 0))
     show = progress.resolve_mode(cfg.progress)
+    for warning in gan.unreached_decays(cfg.method, cfg.hp, min(task_total), cfg.settings.get("sources", {})):
+        log(warning)
+        if warning not in results["warnings"]:  # once, however often the run is resumed
+            results["warnings"].append(warning)
     for task in range(first_task, scenario.num_tasks):
         train = task_data(task)
         start = time.time()

@@ -299,3 +299,24 @@ def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_
         for name, mask in own.items():
             stored = layer.task_masks(1)[name].numpy()
             np.testing.assert_array_equal(stored[tuple(slice(0, n) for n in mask.shape)], mask)
+
+
+def test_a_chosen_decay_the_warmup_never_reaches_is_warned_and_a_default_one_is_not():
+    # At warmup 10 the decay ends a 563-step task (the main command) at 563 / 572 = 0.9843: 0.995 chosen
+    # there runs as that cap does. A decay the task reaches, or one left at its default, says nothing.
+    from dgm_keras import gan
+
+    hp = base.HyperParams(generator_ema=0.995, classifier_ema=0.9, ema_warmup=10.0)
+    chosen = {"generator_ema": "command line", "classifier_ema": "flags/x.cfg"}
+    (line,) = gan.unreached_decays("dgmw", hp, 563, chosen)
+    assert line == ("warning: --generator_ema=0.995 is never reached: the decay at a task's step k is min(decay, "
+                    "(1 + k) / (ema_warmup + k)), 0.9843 at the last step of this run's shortest task (563 steps, --ema_warmup=10); "
+                    "it needs 1,791 steps a task, or a lower --ema_warmup")
+    # 1,791 steps: (1 + k) / (10 + k) at their last step k = 1,790 is 1,791 / 1,800 = 0.995, the first that reaches it
+    assert 1791 / 1800 >= 0.995 > 1790 / 1799
+    assert gan.unreached_decays("dgmw", hp, 1791, chosen) == []
+    assert len(gan.unreached_decays("dgmw", hp, 1790, chosen)) == 1
+    assert gan.unreached_decays("dgmw", hp, 563, {}) == []  # defaults: the files' own choices, not the user's
+    assert gan.unreached_decays("ewc", hp, 563, chosen) == []  # no averages there
+    assert len(gan.unreached_decays("dgma", base.HyperParams(generator_ema=0.99, classifier_ema=0.99), 237,
+                                    {"generator_ema": "command line", "classifier_ema": "command line"})) == 2
