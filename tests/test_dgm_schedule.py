@@ -302,7 +302,7 @@ def test_weight_averages_are_swapped_in_when_the_task_ends_and_reserved_weights_
 
 
 def test_a_chosen_decay_the_warmup_never_reaches_is_warned_and_a_default_one_is_not():
-    # At warmup 10 the decay ends a 563-step task (the main command) at 563 / 572 = 0.9843: 0.995 chosen
+    # At warmup 10 the decay ends a 563-step task at 563 / 572 = 0.9843: 0.995 chosen
     # there runs as that cap does. A decay the task reaches, or one left at its default, says nothing.
     from dgm_keras import gan
 
